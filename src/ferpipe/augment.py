@@ -1,0 +1,94 @@
+"""Stage `augment`: seeded, materialised augmented copies of the training split."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from ferpipe.data import load_split
+from ferpipe.files import atomic_path, write_npz
+
+
+@dataclass
+class AugmentConfig:
+    copies: int = 2  # augmented copies per training image, added beside the original
+    brightness: float = 0.3  # factor drawn from [1 - b, 1 + b]
+    flip_prob: float = 0.5
+    shear: float = 0.3  # radians, as Keras' shear_range
+    rotation_deg: float = 10.0
+    zoom: float = 0.1
+    shift: float = 0.1  # fraction of the image side
+    seed: int = 42
+    preview_images: int = 8
+
+    def validate(self) -> None:
+        if not 0 <= self.copies <= 20:
+            raise ValueError(f"copies must be in 0..20, got {self.copies}")
+        if not 0 <= self.flip_prob <= 1:
+            raise ValueError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
+        for name in ("brightness", "zoom", "shift"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+
+
+def augment_image(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """One random affine (rotation, shear, zoom, shift), flip and brightness change."""
+    side = image.shape[0]
+    angle = np.deg2rad(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg))
+    shear = rng.uniform(-cfg.shear, cfg.shear)
+    zoom = rng.uniform(1 - cfg.zoom, 1 + cfg.zoom, size=2)
+    shift = rng.uniform(-cfg.shift, cfg.shift, size=2) * side
+    flip = rng.random() < cfg.flip_prob
+    factor = rng.uniform(1 - cfg.brightness, 1 + cfg.brightness)
+    rotate = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    shear_m = np.array([[1.0, -np.sin(shear)], [0.0, np.cos(shear)]])
+    # Maps output coordinates to input coordinates, around the image centre.
+    matrix = rotate @ shear_m @ np.diag(1.0 / zoom)
+    centre = np.array([(side - 1) / 2, (side - 1) / 2])
+    offset = centre - matrix @ centre + shift
+    out = ndimage.affine_transform(image.astype(np.float32), matrix, offset=offset,
+                                   order=1, mode="nearest")
+    if flip:
+        out = out[:, ::-1]
+    return np.clip(out * factor, 0, 255).round().astype(np.uint8)
+
+
+def augment_split(x: np.ndarray, y: np.ndarray, cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Originals first, then `copies` augmented versions of each, in a seeded order."""
+    rng = np.random.default_rng(cfg.seed)
+    copies = [augment_image(img, rng, cfg) for _ in range(cfg.copies) for img in x]
+    x_out = np.concatenate([x, np.stack(copies)]) if copies else x
+    return x_out, np.concatenate([y] * (cfg.copies + 1))
+
+
+def save_preview(x: np.ndarray, cfg: AugmentConfig, path: Path) -> None:
+    """Grid: each row an original, then four augmented versions of it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(cfg.seed + 1)
+    rows = min(cfg.preview_images, len(x))
+    picks = rng.choice(len(x), size=rows, replace=False)
+    fig, axes = plt.subplots(rows, 5, figsize=(5 * 1.2, rows * 1.2), squeeze=False)
+    for r, idx in enumerate(picks):
+        images = [x[idx]] + [augment_image(x[idx], rng, cfg) for _ in range(4)]
+        for c, img in enumerate(images):
+            axes[r, c].imshow(img, cmap="gray", vmin=0, vmax=255)
+            axes[r, c].axis("off")
+        axes[r, 0].set_title("original" if r == 0 else "", fontsize=7)
+    fig.suptitle("augment: original | 4 augmented", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80, metadata={"Software": None})
+    plt.close(fig)
+
+
+def augment(cfg: AugmentConfig, prepared_dir: Path, out_dir: Path, preview_path: Path) -> dict:
+    x, y, classes = load_split(prepared_dir, "train")
+    x_aug, y_aug = augment_split(x, y, cfg)
+    write_npz(out_dir / "train.npz", x=x_aug, y=y_aug, classes=np.array(classes))
+    save_preview(x, cfg, preview_path)
+    return {"train_images_in": int(len(x)), "train_images_out": int(len(x_aug))}

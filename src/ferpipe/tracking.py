@@ -1,0 +1,101 @@
+"""MLflow tracking: one run per stage execution, tagged with code and data versions."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+import mlflow
+import yaml
+
+DEFAULT_EXPERIMENT = "fer-pipeline"
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` if set, else a SQLite DB at the repo root (the cwd DVC runs in)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def git_state() -> tuple[str, bool]:
+    """(commit, dirty); dirty means tracked files differ from the commit."""
+    commit = _git("rev-parse", "HEAD") or "unknown"
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    return commit, dirty
+
+
+def data_version(path: str | Path) -> str:
+    """DVC md5 of a data input: from its .dvc file, from dvc.lock, else hashed here."""
+    path = Path(path)
+    dvc_file = path.with_name(path.name + ".dvc")
+    if dvc_file.exists():
+        return yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"]
+    lock = Path("dvc.lock")
+    if lock.exists():
+        for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
+            for out in stage.get("outs", []):
+                if Path(out["path"]) == path:
+                    return out["md5"]
+    if path.is_file():
+        digest = hashlib.md5()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+    return "untracked"
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists become strings."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value if not isinstance(value, (list, tuple)) else ",".join(map(str, value))
+    return flat
+
+
+def _raise_on_sigterm(signum, frame):  # noqa: ARG001
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: dict[str, Any], data_path: str | Path,
+              run_name: str | None = None, nested: bool = False,
+              tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Open an MLflow run for one stage; any exception or SIGTERM ends it as FAILED."""
+    mlflow.set_tracking_uri(tracking_uri())
+    if not nested:
+        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
+    commit, dirty = git_state()
+    all_tags = {
+        "stage": stage,
+        "mlflow.source.git.commit": commit,
+        "git_commit": commit,
+        "git_dirty": str(dirty).lower(),
+        "data_path": str(data_path),
+        "data_version": data_version(data_path),
+        **(tags or {}),
+    }
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm) if not nested else None
+    try:
+        with mlflow.start_run(run_name=run_name or stage, nested=nested, tags=all_tags) as run:
+            if params:
+                mlflow.log_params(flatten(params))
+            yield run
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
