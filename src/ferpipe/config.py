@@ -107,6 +107,15 @@ def load_section(section: str, cls: type[T], path: Path | str = PARAMS_FILE) -> 
     return from_dict(cls, params[section], f"{path}:{section}")
 
 
+def load_entry(section: str, key: str, cls: type[T], path: Path | str = PARAMS_FILE) -> T:
+    """Read `section.key` of params.yaml (one model of a foreach section) into `cls`."""
+    entries = read_params(path).get(section)
+    if not isinstance(entries, dict) or key not in entries:
+        known = sorted(entries) if isinstance(entries, dict) else []
+        raise ConfigError(f"{path}: no entry '{key}' in section '{section}' (known: {known})")
+    return from_dict(cls, entries[key], f"{path}:{section}.{key}")
+
+
 def run_main(main: typing.Callable[[], None]) -> None:
     """Run a stage's main(); turn expected errors into one line on stderr and exit 1."""
     try:

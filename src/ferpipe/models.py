@@ -1,0 +1,168 @@
+"""Model builders: hand-built CNNs and ImageNet-backbone transfer models.
+
+Every model takes raw grayscale pixels (float 0..255, shape [H, W, 1]) and returns
+class probabilities; all preprocessing is made of built-in layers inside the model,
+so a saved file loads with plain `keras.models.load_model`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import keras
+from keras import layers
+
+# Per-backbone constructor and how its own `preprocess_input` maps 0..255 RGB:
+# "tf" -> [-1, 1]; "caffe" -> BGR minus ImageNet means; "torch" -> ImageNet mean/std;
+# "none" -> the backbone normalises internally.
+BACKBONES = {
+    "mobilenet": (keras.applications.MobileNet, "tf"),
+    "mobilenet_v2": (keras.applications.MobileNetV2, "tf"),
+    "vgg16": (keras.applications.VGG16, "caffe"),
+    "resnet50_v2": (keras.applications.ResNet50V2, "tf"),
+    "efficientnet_b0": (keras.applications.EfficientNetB0, "none"),
+}
+ALPHA_BACKBONES = {"mobilenet", "mobilenet_v2"}
+
+
+@dataclass
+class CNNSpec:
+    """A hand-built CNN: conv blocks, each followed by max-pooling, then a dense head."""
+    filters: list[int]
+    convs_per_block: int = 1
+    kernel: int = 3
+    activation: Literal["relu", "leaky_relu", "elu"] = "relu"
+    batch_norm: bool = False
+    block_dropout: float = 0.0
+    head: Literal["flatten", "gap"] = "flatten"
+    dense_units: list[int] = field(default_factory=lambda: [128])
+    dense_dropout: float = 0.0
+    l2: float = 0.0
+    epochs: int = 20
+    learning_rate: float = 1e-3
+
+    def validate(self) -> None:
+        if not self.filters or any(f < 1 for f in self.filters):
+            raise ValueError(f"filters must be a non-empty list of positive ints, got {self.filters}")
+        for name in ("block_dropout", "dense_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.kernel not in (1, 3, 5, 7):
+            raise ValueError(f"kernel must be 1, 3, 5 or 7, got {self.kernel}")
+
+
+@dataclass
+class TransferSpec:
+    """An ImageNet backbone with a new head; trained head-first, then fine-tuned."""
+    backbone: str
+    weights: str  # a local .h5 file, or "imagenet" to download where a network exists
+    alpha: float = 1.0
+    input_px: int = 96
+    dense_units: int = 128
+    dropout: float = 0.3
+    head_epochs: int = 3
+    head_learning_rate: float = 1e-3
+    finetune_epochs: int = 6
+    finetune_layers: int = 40
+    finetune_learning_rate: float = 1e-4
+
+    def validate(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone '{self.backbone}' is not one of {sorted(BACKBONES)}")
+        if self.input_px < 32:
+            raise ValueError(f"input_px must be >= 32, got {self.input_px}")
+        if self.finetune_layers < 0:
+            raise ValueError(f"finetune_layers must be >= 0, got {self.finetune_layers}")
+
+
+def _activation(name: str) -> layers.Layer:
+    return layers.LeakyReLU(negative_slope=0.1) if name == "leaky_relu" else layers.Activation(name)
+
+
+def build_cnn(spec: CNNSpec, num_classes: int, image_px: int = 48, name: str = "cnn") -> keras.Model:
+    """Conv blocks (conv -> [BN] -> act, xN; max-pool; [dropout]) and a dense head."""
+    reg = keras.regularizers.l2(spec.l2) if spec.l2 else None
+    inputs = keras.Input((image_px, image_px, 1), name="pixels")
+    x = layers.Rescaling(1.0 / 255)(inputs)
+    for filters in spec.filters:
+        for _ in range(spec.convs_per_block):
+            x = layers.Conv2D(filters, spec.kernel, padding="same", use_bias=not spec.batch_norm,
+                              kernel_regularizer=reg)(x)
+            if spec.batch_norm:
+                x = layers.BatchNormalization()(x)
+            x = _activation(spec.activation)(x)
+        x = layers.MaxPooling2D()(x)
+        if spec.block_dropout:
+            x = layers.Dropout(spec.block_dropout)(x)
+    x = layers.Flatten()(x) if spec.head == "flatten" else layers.GlobalAveragePooling2D()(x)
+    for units in spec.dense_units:
+        x = layers.Dense(units, use_bias=not spec.batch_norm, kernel_regularizer=reg)(x)
+        if spec.batch_norm:
+            x = layers.BatchNormalization()(x)
+        x = _activation(spec.activation)(x)
+        if spec.dense_dropout:
+            x = layers.Dropout(spec.dense_dropout)(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probs")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def preprocessing_layers(mode: str) -> list[layers.Layer]:
+    """Built-in layers equal to a backbone's `preprocess_input` on gray-as-RGB 0..255."""
+    if mode == "tf":
+        return [layers.Rescaling(1.0 / 127.5, offset=-1.0)]
+    if mode == "caffe":  # channel order is moot for gray, the means are not
+        return [layers.Normalization(mean=[103.939, 116.779, 123.68], variance=[1.0, 1.0, 1.0])]
+    if mode == "torch":
+        return [layers.Rescaling(1.0 / 255),
+                layers.Normalization(mean=[0.485, 0.456, 0.406], variance=[0.229**2, 0.224**2, 0.225**2])]
+    return []
+
+
+def resolve_weights(weights: str) -> str | None:
+    """A local weights file (must exist), "imagenet" (download) or none."""
+    if weights in ("imagenet", "none", ""):
+        return None if weights in ("none", "") else "imagenet"
+    if not Path(weights).is_file():
+        raise FileNotFoundError(
+            f"weights file '{weights}' not found: run `dvc pull`, or put the official Keras "
+            f"'_no_top' .h5 file there, or set weights: imagenet where a network exists")
+    return weights
+
+
+def build_backbone(spec: TransferSpec) -> keras.Model:
+    constructor, _ = BACKBONES[spec.backbone]
+    kwargs = {"alpha": spec.alpha} if spec.backbone in ALPHA_BACKBONES else {}
+    return constructor(input_shape=(spec.input_px, spec.input_px, 3), include_top=False,
+                       weights=resolve_weights(spec.weights), **kwargs)
+
+
+def build_transfer(spec: TransferSpec, num_classes: int, image_px: int = 48,
+                   name: str = "transfer") -> tuple[keras.Model, keras.Model]:
+    """(model, backbone). Gray -> upscale -> 3 channels -> backbone's preprocessing."""
+    backbone = build_backbone(spec)
+    backbone.trainable = False
+    inputs = keras.Input((image_px, image_px, 1), name="pixels")
+    x = layers.Resizing(spec.input_px, spec.input_px, interpolation="bilinear")(inputs)
+    x = layers.Concatenate(axis=-1, name="gray_to_rgb")([x, x, x])
+    for layer in preprocessing_layers(BACKBONES[spec.backbone][1]):
+        x = layer(x)
+    # training=False keeps batch-norm statistics frozen, also while fine-tuning.
+    x = backbone(x, training=False)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(spec.dropout)(x)
+    x = layers.Dense(spec.dense_units, activation="relu")(x)
+    x = layers.Dropout(spec.dropout)(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probs")(x)
+    return keras.Model(inputs, outputs, name=name), backbone
+
+
+def unfreeze_top(backbone: keras.Model, n_layers: int) -> int:
+    """Make the top `n_layers` trainable, batch-norm layers excepted; returns how many."""
+    backbone.trainable = True
+    cut = len(backbone.layers) - n_layers
+    count = 0
+    for i, layer in enumerate(backbone.layers):
+        layer.trainable = i >= cut and not isinstance(layer, layers.BatchNormalization)
+        count += int(layer.trainable and bool(layer.weights))
+    return count

@@ -1,0 +1,259 @@
+"""The one trainer: every model in the project (baselines, transfer, tuned) fits here."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from ferpipe.data import load_split  # noqa: E402
+from ferpipe.files import atomic_path, write_json  # noqa: E402
+from ferpipe.tracking import stage_run  # noqa: E402
+
+PREPARED_DIR = Path("data/prepared")
+AUGMENTED_DIR = Path("data/augmented")
+
+
+def output_paths(name: str) -> dict[str, Path]:
+    """Where every trained model's outputs live; evaluate reads the same places."""
+    return {"model_path": Path("models") / name / "model.keras",
+            "metrics_path": Path("metrics/train") / f"{name}.json",
+            "history_path": Path("plots/train") / f"{name}.csv"}
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = 1e-4  # adamw only
+    label_smoothing: float = 0.0
+    class_weights: bool = False
+    early_stopping_patience: int = 5
+    reduce_lr_patience: int = 2
+    reduce_lr_factor: float = 0.5
+    min_learning_rate: float = 1e-6
+    max_train_images: int = 0  # 0: all; a seeded subset otherwise (tiny runs)
+    mixed_precision: bool = False
+    seed: int = 42
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 < self.reduce_lr_factor < 1:
+            raise ValueError(f"reduce_lr_factor must be in (0, 1), got {self.reduce_lr_factor}")
+
+
+@dataclass
+class TrainData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    classes: list[str]
+
+
+@dataclass
+class Phase:
+    """One `fit` call; `before` runs first (e.g. unfreezing a backbone)."""
+    name: str
+    epochs: int
+    learning_rate: float
+    before: Callable[[keras.Model], None] | None = None
+
+
+def load_train_data(augmented_dir: Path | str, prepared_dir: Path | str, max_train_images: int = 0,
+                    seed: int = 0) -> TrainData:
+    x, y, classes = load_split(augmented_dir, "train")
+    x_val, y_val, val_classes = load_split(prepared_dir, "val")
+    if classes != val_classes:
+        raise ValueError(f"{augmented_dir}: classes {classes} differ from {prepared_dir}'s {val_classes}")
+    if 0 < max_train_images < len(x):
+        keep = np.sort(np.random.default_rng(seed).choice(len(x), max_train_images, replace=False))
+        x, y = x[keep], y[keep]
+    return TrainData(x[..., None], y, x_val[..., None], y_val, classes)
+
+
+def set_determinism(seed: int, mixed_precision: bool = False) -> None:
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if mixed_precision else "float32")
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int,
+                 shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """uint8 pixels -> float32 0..255, one-hot labels; shuffled each epoch when seeded."""
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(
+        lambda a, b: (tf.cast(a, tf.float32), tf.one_hot(b, num_classes)),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def balanced_class_weights(y: np.ndarray, num_classes: int) -> dict[int, float]:
+    counts = np.bincount(y, minlength=num_classes)
+    return {i: float(len(y) / (num_classes * max(c, 1))) for i, c in enumerate(counts)}
+
+
+def make_optimizer(cfg: TrainConfig, learning_rate: float) -> keras.optimizers.Optimizer:
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True)
+    return keras.optimizers.Adam(learning_rate)
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Per-epoch metrics (and learning rate) to MLflow and to a history list; times training."""
+
+    def __init__(self, phase: str, history: list[dict], log_to_mlflow: bool = True):
+        super().__init__()
+        self.phase, self.history, self.log_to_mlflow = phase, history, log_to_mlflow
+        self.train_seconds = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_test_begin(self, logs=None):
+        if hasattr(self, "_start"):
+            self.train_seconds += time.perf_counter() - self._start
+            del self._start
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": len(self.history) + 1, "phase": self.phase,
+               "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+               **{k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}}
+        self.history.append(row)
+        if self.log_to_mlflow and mlflow.active_run():
+            mlflow.log_metrics({k: v for k, v in row.items() if isinstance(v, float)}, step=row["epoch"])
+
+
+def fit(model: keras.Model, data: TrainData, cfg: TrainConfig, phases: list[Phase],
+        extra_callbacks: list | None = None, log_to_mlflow: bool = True) -> dict:
+    """Train through `phases`; best weights (by val loss) restored after each phase."""
+    k = len(data.classes)
+    train_ds = make_dataset(data.x_train, data.y_train, k, cfg.batch_size, shuffle_seed=cfg.seed)
+    val_ds = make_dataset(data.x_val, data.y_val, k, cfg.batch_size)
+    weights = balanced_class_weights(data.y_train, k) if cfg.class_weights else None
+    history: list[dict] = []
+    verbose = 1 if sys.stdout.isatty() else 2  # a bar in a terminal, a line per epoch in logs
+    train_seconds, start = 0.0, time.perf_counter()
+    for phase in phases:
+        if phase.epochs <= 0:
+            continue
+        if phase.before:
+            phase.before(model)
+        model.compile(optimizer=make_optimizer(cfg, phase.learning_rate),
+                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+                      metrics=["accuracy"])
+        logger = EpochLogger(phase.name, history, log_to_mlflow)
+        callbacks = [
+            keras.callbacks.EarlyStopping("val_loss", patience=cfg.early_stopping_patience,
+                                          restore_best_weights=True),
+            keras.callbacks.ReduceLROnPlateau("val_loss", factor=cfg.reduce_lr_factor,
+                                              patience=cfg.reduce_lr_patience,
+                                              min_lr=cfg.min_learning_rate),
+            logger, *(extra_callbacks or [])]
+        model.fit(train_ds, validation_data=val_ds, epochs=phase.epochs, class_weight=weights,
+                  callbacks=callbacks, verbose=verbose)
+        train_seconds += logger.train_seconds
+    val_loss, val_acc = model.evaluate(val_ds, verbose=0)
+    epochs_run = len(history)
+    return {"history": history, "val_loss": float(val_loss), "val_accuracy": float(val_acc),
+            "epochs_run": epochs_run, "wall_seconds": round(time.perf_counter() - start, 1),
+            "train_images_per_second": round(epochs_run * len(data.x_train) / max(train_seconds, 1e-9), 1),
+            "params": int(model.count_params())}
+
+
+def save_model(model: keras.Model, path: Path | str) -> None:
+    """Save `.keras` with stable bytes: fixed zip timestamps, no save date (dvc#4661).
+
+    An uncompiled copy is saved, so no optimizer state bloats the file or the hash."""
+    path = Path(path)
+    clean = keras.models.model_from_json(model.to_json())  # clone_model would keep compile state
+    clean.set_weights(model.get_weights())
+    with tempfile.TemporaryDirectory() as tmp_dir, atomic_path(path) as out:
+        raw = Path(tmp_dir) / "raw.keras"
+        clean.save(raw)
+        with zipfile.ZipFile(raw) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+            for name in sorted(src.namelist()):
+                payload = src.read(name)
+                if name == "metadata.json":
+                    meta = json.loads(payload)
+                    meta.pop("date_saved", None)
+                    payload = json.dumps(meta, sort_keys=True).encode()
+                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                dst.writestr(info, payload)
+
+
+def plot_history(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for key, ax in (("loss", ax_loss), ("accuracy", ax_acc)):
+        ax.plot(epochs, [r[key] for r in history], label=f"train {key}")
+        ax.plot(epochs, [r[f"val_{key}"] for r in history], label=f"val {key}")
+        ax.set_xlabel("epoch")
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+def write_outputs(model: keras.Model, result: dict, name: str, model_path: Path,
+                  metrics_path: Path, history_path: Path) -> dict:
+    """Save the model, its metrics JSON and history CSV; log all of it to the active MLflow run."""
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    save_model(model, model_path)
+    metrics = {k: v for k, v in result.items() if k != "history"}
+    metrics["model_file_bytes"] = model_path.stat().st_size
+    write_json(metrics_path, {"model": name, **metrics})
+    with atomic_path(history_path) as tmp:
+        pd.DataFrame(result["history"]).to_csv(tmp, index=False, float_format="%.6g")
+    if mlflow.active_run():
+        mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()})
+        curve = history_path.with_suffix(".png")
+        plot_history(result["history"], curve, name)
+        mlflow.log_artifact(str(curve))
+        curve.unlink()
+        example = np.zeros((2, *model.input_shape[1:]), dtype=np.float32)
+        signature = infer_signature(example, np.asarray(model(example)))
+        mlflow.keras.log_model(model, name="model", signature=signature,
+                               pip_requirements=[f"tensorflow=={tf.__version__}",
+                                                 f"keras=={keras.__version__}"])
+    return metrics
+
+
+def run_training_stage(stage: str, name: str, spec: object, cfg: TrainConfig,
+                       build: Callable[[int], tuple[keras.Model, list[Phase]]]) -> dict:
+    """Everything a training stage does: seed, load data, build, fit, save, log."""
+    set_determinism(cfg.seed, cfg.mixed_precision)
+    data = load_train_data(AUGMENTED_DIR, PREPARED_DIR, cfg.max_train_images, cfg.seed)
+    params = {"model_name": name, "model": vars(spec), "train": vars(cfg)}
+    with stage_run(stage, params, AUGMENTED_DIR, run_name=name, tags={"model_name": name}):
+        model, phases = build(len(data.classes))
+        result = fit(model, data, cfg, phases)
+        return write_outputs(model, result, name, **output_paths(name))

@@ -1,0 +1,24 @@
+"""Stage `train_baselines@<name>`: train one hand-built CNN declared under params `baselines`."""
+import sys
+
+from ferpipe.config import load_entry, load_section, run_main
+from ferpipe.models import CNNSpec, build_cnn
+from ferpipe.train import Phase, TrainConfig, run_training_stage
+
+
+def main() -> None:
+    name = sys.argv[1] if len(sys.argv) > 1 else ""
+    spec = load_entry("baselines", name, CNNSpec)
+    cfg = load_section("train", TrainConfig)
+
+    def build(num_classes: int):
+        model = build_cnn(spec, num_classes, name=name)
+        return model, [Phase("train", spec.epochs, spec.learning_rate)]
+
+    metrics = run_training_stage("train_baselines", name, spec, cfg, build)
+    print(f"{name}: val_accuracy={metrics['val_accuracy']:.4f} params={metrics['params']} "
+          f"wall={metrics['wall_seconds']}s img/s={metrics['train_images_per_second']}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,27 @@
+"""Stage `transfer@<name>`: an ImageNet backbone declared under params `transfer`, two phases."""
+import sys
+
+from ferpipe.config import load_entry, load_section, run_main
+from ferpipe.models import TransferSpec, build_transfer, unfreeze_top
+from ferpipe.train import Phase, TrainConfig, run_training_stage
+
+
+def main() -> None:
+    name = sys.argv[1] if len(sys.argv) > 1 else ""
+    spec = load_entry("transfer", name, TransferSpec)
+    cfg = load_section("train", TrainConfig)
+
+    def build(num_classes: int):
+        model, backbone = build_transfer(spec, num_classes, name=name)
+        phases = [Phase("head", spec.head_epochs, spec.head_learning_rate),
+                  Phase("finetune", spec.finetune_epochs, spec.finetune_learning_rate,
+                        before=lambda _: unfreeze_top(backbone, spec.finetune_layers))]
+        return model, phases
+
+    metrics = run_training_stage("transfer", name, spec, cfg, build)
+    print(f"{name}: val_accuracy={metrics['val_accuracy']:.4f} params={metrics['params']} "
+          f"wall={metrics['wall_seconds']}s img/s={metrics['train_images_per_second']}")
+
+
+if __name__ == "__main__":
+    run_main(main)
