@@ -166,7 +166,10 @@ def assign_splits(samples: list[Sample], cfg: PrepareConfig) -> None:
 
 def prepare(cfg: PrepareConfig, out_dir: Path, report_path: Path) -> dict:
     """Run the whole stage; returns the data report also written to `report_path`."""
-    report = {"source": cfg.source, "classes": cfg.classes, "duplicate_groups": 0,
+    report = {"source": cfg.source, "classes": cfg.classes,
+              "note": "input, duplicate and dropped counts cover all classes of the input; "
+                      "kept and counts cover the chosen classes",
+              "duplicate_groups": 0,
               "conflicting_label_groups": 0,
               "dropped": Counter(dict.fromkeys(DROP_REASONS, 0))}
     wanted = [c.lower() for c in cfg.classes]

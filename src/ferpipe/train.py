@@ -28,7 +28,7 @@ AUGMENTED_DIR = Path("data/augmented")
 
 def output_paths(name: str) -> dict[str, Path]:
     """Where every trained model's outputs live; evaluate reads the same places."""
-    return {"model_path": Path("models") / name / "model.keras",
+    return {"model_path": Path("models/trained") / name / "model.keras",
             "metrics_path": Path("metrics/train") / f"{name}.json",
             "history_path": Path("plots/train") / f"{name}.csv"}
 
