@@ -19,7 +19,7 @@ from ferpipe.tune import (TuneConfig, close_stale_trials, find_parent_run, is_wo
                           search_id, spec_from_hp, summarize)
 
 TUNER_DIR = Path("tuning")
-BEST_HPARAMS = Path("models/tuned/best_hyperparameters.json")
+BEST_HPARAMS = Path("models/trained/tuned/best_hyperparameters.json")
 SUMMARY = Path("metrics/tune.json")
 
 

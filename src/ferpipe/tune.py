@@ -100,6 +100,9 @@ class MLflowTrials:
     """Mixin for a Keras Tuner class: each trial runs inside an MLflow child run."""
     parent_run_id: str = ""
 
+    def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
+        """No TensorBoard callback is used; skip Keras Tuner's unconditional tensorboard import."""
+
     def run_trial(self, trial, *args, **kwargs):
         tags = {"stage": "tune", "trial_id": trial.trial_id,
                 "tuner_id": os.environ.get("KERASTUNER_TUNER_ID", "tuner0")}
@@ -107,8 +110,7 @@ class MLflowTrials:
                               nested=True, tags=tags):
             mlflow.log_params(trial.hyperparameters.values)
             results = super().run_trial(trial, *args, **kwargs)
-            scores = [r for r in results]
-            mlflow.log_metrics({k: sum(s[k] for s in scores) / len(scores) for k in scores[0]})
+            mlflow.log_metrics({k: sum(r[k] for r in results) / len(results) for k in results[0]})
             return results
 
 

@@ -1,0 +1,172 @@
+"""Stage `evaluate`: score every trained model on val and test; choose the champion on val."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from sklearn.metrics import (accuracy_score, classification_report, confusion_matrix,  # noqa: E402
+                             f1_score, log_loss)
+
+# Selection metrics and whether larger is better.
+SELECTION = {"val_accuracy": True, "val_macro_f1": True, "val_log_loss": False}
+
+
+@dataclass
+class EvaluateConfig:
+    selection_metric: Literal["val_accuracy", "val_macro_f1", "val_log_loss"] = "val_accuracy"
+    ece_bins: int = 15
+    latency_calls: int = 200
+    batch_size: int = 256
+    registered_model_name: str = "fer-emotion"
+
+    def validate(self) -> None:
+        if self.ece_bins < 2 or self.latency_calls < 1 or self.batch_size < 1:
+            raise ValueError("ece_bins must be >= 2; latency_calls and batch_size >= 1")
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """Top-label ECE: |accuracy - confidence| averaged over equal-width confidence bins."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for low, high in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > low) & (confidence <= high)
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)
+
+
+def predict_probs(model: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Batched inference through one compiled function (model.predict is far slower)."""
+    infer = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
+    parts = [infer(tf.constant(x[i:i + batch_size, ..., None], tf.float32)).numpy()
+             for i in range(0, len(x), batch_size)]
+    return np.concatenate(parts).astype(np.float64)
+
+
+def single_image_latency_ms(model: keras.Model, image: np.ndarray, calls: int) -> float:
+    """Mean wall time of one-image calls to a compiled function, after warm-up."""
+    infer = tf.function(lambda batch: model(batch, training=False))
+    batch = tf.constant(image[None, ..., None], tf.float32)
+    for _ in range(10):
+        infer(batch).numpy()
+    start = time.perf_counter()
+    for _ in range(calls):
+        infer(batch).numpy()
+    return (time.perf_counter() - start) / calls * 1000.0
+
+
+def split_metrics(probs: np.ndarray, y: np.ndarray, classes: list[str], ece_bins: int) -> dict:
+    pred = probs.argmax(axis=1)
+    labels = list(range(len(classes)))
+    report = classification_report(y, pred, labels=labels, target_names=classes,
+                                   output_dict=True, zero_division=0)
+    return {"accuracy": float(accuracy_score(y, pred)),
+            "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+            "log_loss": float(log_loss(y, np.clip(probs, 1e-7, 1.0), labels=labels)),
+            "ece": expected_calibration_error(probs, y, ece_bins),
+            "per_class": {c: {k: float(report[c][k]) for k in ("precision", "recall", "f1-score")}
+                          for c in classes}}
+
+
+def evaluate_model(path: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str],
+                   cfg: EvaluateConfig) -> dict:
+    """All figures for one saved model, plus its test predictions for the confusion plot."""
+    model = keras.models.load_model(path)
+    result: dict = {}
+    for split, (x, y) in splits.items():
+        probs = predict_probs(model, x, cfg.batch_size)
+        result[split] = split_metrics(probs, y, classes, cfg.ece_bins)
+        result[f"{split}_pred"] = probs.argmax(axis=1)
+    result["latency_ms"] = single_image_latency_ms(model, splits["test"][0][0], cfg.latency_calls)
+    result["params"] = int(model.count_params())
+    result["file_bytes"] = path.stat().st_size
+    return result
+
+
+def flat_row(name: str, result: dict) -> dict:
+    """One row of the comparison table."""
+    row = {"model": name}
+    for split in ("val", "test"):
+        for key in ("accuracy", "macro_f1", "log_loss", "ece"):
+            row[f"{split}_{key}"] = round(result[split][key], 4)
+    row.update(latency_ms=round(result["latency_ms"], 3), params=result["params"],
+               file_mb=round(result["file_bytes"] / 1e6, 2))
+    return row
+
+
+def choose_champion(rows: list[dict], metric: str) -> str:
+    """Best model by a validation metric (ties: fewer parameters). Never looks at test."""
+    if not metric.startswith("val_"):
+        raise ValueError(f"champion must be chosen on validation data, got '{metric}'")
+    sign = 1 if SELECTION[metric] else -1
+    return max(rows, key=lambda r: (sign * r[metric], -r["params"]))["model"]
+
+
+def confusion_rows(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> list[dict]:
+    return [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(y, pred)]
+
+
+def confusion_png(y: np.ndarray, pred: np.ndarray, classes: list[str], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = confusion_matrix(y, pred, labels=list(range(len(classes))))
+    fig, ax = plt.subplots(figsize=(4.6, 4))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=30)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center",
+                color="white" if count > matrix.max() / 2 else "black")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def text_report(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> str:
+    return classification_report(y, pred, labels=list(range(len(classes))), target_names=classes,
+                                 digits=4, zero_division=0)
+
+
+def write_reports(results: dict[str, dict], champion: str, cfg: EvaluateConfig, classes: list[str],
+                  y_test: np.ndarray, metrics_path: Path, table_path: Path, plots_dir: Path) -> dict:
+    """metrics/evaluate.json, metrics/models.csv, per-model confusion data, accuracy bars."""
+    import pandas as pd
+
+    from ferpipe.files import atomic_path, write_json
+
+    rows = [flat_row(name, result) for name, result in results.items()]
+    with atomic_path(table_path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+    with atomic_path(plots_dir / "model_accuracy.csv") as tmp:
+        pd.DataFrame([{"model": r["model"], "val_accuracy": r["val_accuracy"]} for r in rows]).to_csv(
+            tmp, index=False)
+    for name, result in results.items():
+        with atomic_path(plots_dir / "confusion" / f"{name}.csv") as tmp:
+            pd.DataFrame(confusion_rows(y_test, result["test_pred"], classes)).to_csv(tmp, index=False)
+    best = results[champion]
+    summary = {
+        "champion": champion,
+        "selection_metric": cfg.selection_metric,
+        "val": {k: v for k, v in best["val"].items()},
+        "test": {k: v for k, v in best["test"].items()},
+        "latency_ms": round(best["latency_ms"], 3),
+        "params": best["params"],
+        "models": {r["model"]: {k: v for k, v in r.items() if k != "model"} for r in rows},
+    }
+    write_json(metrics_path, summary)
+    return summary

@@ -1,0 +1,45 @@
+"""Stage `release`: export the evaluate stage's champion to models/release/ with a model card."""
+import json
+from pathlib import Path
+
+import mlflow
+
+from ferpipe.config import load_section, read_params, run_main
+from ferpipe.data import load_split
+from ferpipe.release import ReleaseConfig, export, model_card, write_card
+from ferpipe.tracking import data_version, git_state, stage_run
+
+EVALUATION = Path("metrics/evaluate.json")
+OUT_DIR = Path("models/release")
+
+
+def champion_params(name: str) -> dict:
+    """The params that made the champion: its model section, or the tuned hyperparameters."""
+    params = read_params()
+    for section in ("baselines", "transfer"):
+        if name in params.get(section, {}):
+            return {section: {name: params[section][name]}, "train": params["train"]}
+    tuned = Path("models/trained") / name / "best_hyperparameters.json"
+    return {"tune": json.loads(tuned.read_text()) if tuned.exists() else {}, "train": params["train"]}
+
+
+def main() -> None:
+    cfg = load_section("release", ReleaseConfig)
+    evaluation = json.loads(EVALUATION.read_text())
+    name = evaluation["champion"]
+    x_test, y_test, classes = load_split("data/prepared", "test")
+    with stage_run("release", vars(cfg), "data/prepared", tags={"model_name": name}):
+        exported = export(Path("models/trained") / name / "model.keras", OUT_DIR, x_test, y_test, cfg)
+        commit, dirty = git_state()
+        data = {"data/raw": data_version(read_params()["prepare"]["source"]),
+                "data/prepared": data_version("data/prepared")}
+        markdown, card = model_card(name, classes, evaluation, exported, data,
+                                    champion_params(name), commit, dirty)
+        write_card(OUT_DIR, markdown, card)
+        mlflow.log_metrics({"release_megabytes": exported["megabytes"]})
+        mlflow.log_artifacts(str(OUT_DIR), "release")
+    print(f"release: {name} -> {exported['file']} ({exported['megabytes']} MB)")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,125 @@
+"""Code checks: params validation, stage error handling, atomic outputs, metric helpers."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from ferpipe.config import ConfigError, load_entry, load_section
+from ferpipe.data import PrepareConfig
+from ferpipe.files import atomic_path, write_npz
+from ferpipe.models import CNNSpec
+from ferpipe.tiny import TINY_PARAMS, merge
+
+
+def write_params(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_real_params_file_is_valid():
+    from ferpipe.augment import AugmentConfig
+    from ferpipe.evaluate import EvaluateConfig
+    from ferpipe.release import ReleaseConfig
+    from ferpipe.train import TrainConfig
+    from ferpipe.tune import TuneConfig
+
+    params = ROOT / "params.yaml"
+    for section, cls in [("prepare", PrepareConfig), ("augment", AugmentConfig), ("train", TrainConfig),
+                         ("tune", TuneConfig), ("evaluate", EvaluateConfig), ("release", ReleaseConfig)]:
+        load_section(section, cls, params)
+    import yaml
+    from ferpipe.models import TransferSpec
+    raw = yaml.safe_load(params.read_text())
+    for name in raw["baselines"]:
+        load_entry("baselines", name, CNNSpec, params)
+    for name in raw["transfer"]:
+        load_entry("transfer", name, TransferSpec, params)
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = write_params(tmp_path, "prepare:\n  source: x.zip\n  seeed: 3\n")
+    with pytest.raises(ConfigError, match=r"params.yaml:prepare: unknown key 'seeed'"):
+        load_section("prepare", PrepareConfig, path)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("  image_px: big\n", r"prepare.image_px: expected int, got 'big'"),
+    ("  val_fraction: 0.9\n", r"val_fraction must be in \(0, 0.5\)"),
+    ("  classes: [happy]\n", r"classes must be 2 or more"),
+    ("  skip_corrupt: 1\n", r"skip_corrupt: expected true/false"),
+])
+def test_bad_values_are_named(tmp_path, body, message):
+    path = write_params(tmp_path, "prepare:\n  source: x.zip\n" + body)
+    with pytest.raises(ConfigError, match=message):
+        load_section("prepare", PrepareConfig, path)
+
+
+def test_missing_model_entry_lists_known_ones(tmp_path):
+    path = write_params(tmp_path, "baselines:\n  a: {filters: [8]}\n")
+    with pytest.raises(ConfigError, match=r"no entry 'b' in section 'baselines' \(known: \['a'\]\)"):
+        load_entry("baselines", "b", CNNSpec, path)
+
+
+def test_stage_exits_nonzero_with_one_line_error(tmp_path):
+    write_params(tmp_path, "prepare:\n  source: missing.zip\n  colour: gray\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "stages/prepare.py")], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: params.yaml:prepare: unknown key 'colour' (allowed: source, classes, image_px, "
+        "val_fraction, test_fraction, blank_std_threshold, skip_corrupt, seed)"]
+
+
+def test_missing_input_marks_mlflow_run_failed(tmp_path):
+    write_params(tmp_path, "prepare:\n  source: missing.zip\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "stages/prepare.py")], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "missing.zip: input data not found" in proc.stderr
+    import mlflow
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["fer-pipeline"])
+    assert list(runs.status) == ["FAILED"] and list(runs["tags.stage"]) == ["prepare"]
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash")
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_npz_bytes_do_not_depend_on_time(tmp_path):
+    import time
+    write_npz(tmp_path / "a.npz", x=np.arange(3))
+    time.sleep(2.1)  # zip timestamps have 2 s resolution
+    write_npz(tmp_path / "b.npz", x=np.arange(3))
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+
+
+def test_tiny_params_merge_replaces_model_sections():
+    base = {"baselines": {"big": {"filters": [64]}}, "train": {"batch_size": 64, "seed": 1}}
+    merged = merge(base, TINY_PARAMS)
+    assert "big" not in merged["baselines"] and merged["train"]["seed"] == 1
+    assert merged["train"]["batch_size"] == TINY_PARAMS["train"]["batch_size"]
+
+
+def test_ece_and_champion_selection():
+    from ferpipe.evaluate import choose_champion, expected_calibration_error
+
+    y = np.array([0, 1, 0, 1])
+    confident_right = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    assert expected_calibration_error(confident_right, y) == 0.0
+    confident_wrong = confident_right[:, ::-1]
+    assert expected_calibration_error(confident_wrong, y) == pytest.approx(1.0)
+    rows = [{"model": "a", "val_accuracy": 0.8, "test_accuracy": 0.9, "params": 10, "val_log_loss": 0.5},
+            {"model": "b", "val_accuracy": 0.85, "test_accuracy": 0.7, "params": 10, "val_log_loss": 0.6}]
+    assert choose_champion(rows, "val_accuracy") == "b"
+    assert choose_champion(rows, "val_log_loss") == "a"
+    with pytest.raises(ValueError, match="validation"):
+        choose_champion(rows, "test_accuracy")

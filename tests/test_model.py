@@ -1,0 +1,145 @@
+"""Model checks: every builder's shape, learning on a toy task, save/load, transfer weights."""
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from ferpipe.models import (BACKBONES, CNNSpec, TransferSpec, build_cnn, build_transfer,
+                            preprocessing_layers, resolve_weights, unfreeze_top)
+from ferpipe.tiny import synthetic_image
+from ferpipe.train import Phase, TrainConfig, TrainData, fit, save_model, set_determinism
+
+WEIGHTS = ROOT / "data" / "weights"
+REAL_BACKBONES = [
+    ("mobilenet", 0.25, "mobilenet_2_5_224_tf_no_top.h5"),
+    ("mobilenet_v2", 0.35, "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"),
+    ("mobilenet_v2", 0.5, "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5"),
+]
+CNN_SPECS = {
+    "study_small": CNNSpec(filters=[8, 16, 16], activation="leaky_relu", dense_units=[32], dense_dropout=0.3),
+    "bn_gap": CNNSpec(filters=[8, 16], batch_norm=True, head="gap", block_dropout=0.1, dense_units=[16]),
+    "vgg": CNNSpec(filters=[8, 16], convs_per_block=2, batch_norm=True, kernel=5, l2=1e-4, dense_units=[16]),
+}
+
+
+def toy_data(n_per_class: int = 40, seed: int = 0) -> TrainData:
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(4), n_per_class)
+    x = np.stack([synthetic_image(int(label), rng) for label in y])[..., None]
+    cut = int(len(y) * 0.75)
+    order = rng.permutation(len(y))
+    train, val = order[:cut], order[cut:]
+    return TrainData(x[train], y[train], x[val], y[val], ["a", "b", "c", "d"])
+
+
+def weights_file(name: str) -> Path:
+    path = WEIGHTS / name
+    assert path.exists(), f"{path} missing: run `dvc pull` (the transfer tests use the real files)"
+    return path
+
+
+@pytest.mark.parametrize("name", CNN_SPECS)
+def test_cnn_output_is_a_distribution_per_image(name):
+    model = build_cnn(CNN_SPECS[name], num_classes=4)
+    probs = model(np.random.default_rng(0).integers(0, 255, (3, 48, 48, 1)).astype("float32")).numpy()
+    assert probs.shape == (3, 4) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", CNN_SPECS)
+def test_cnn_loss_falls_on_a_learnable_toy_task(name):
+    set_determinism(0)
+    data = toy_data()
+    cfg = TrainConfig(batch_size=16, early_stopping_patience=10)
+    result = fit(build_cnn(CNN_SPECS[name], 4), data, cfg, [Phase("t", 6, 3e-3)], log_to_mlflow=False)
+    losses = [row["loss"] for row in result["history"]]
+    assert losses[-1] < 0.7 * losses[0]
+    # Training accuracy, not validation: batch-norm moving statistics need more steps than this.
+    assert result["history"][-1]["accuracy"] > 0.6  # chance is 0.25
+
+
+def test_training_is_reproducible():
+    runs = []
+    for _ in range(2):
+        set_determinism(7)
+        model = build_cnn(CNN_SPECS["bn_gap"], 4)
+        fit(model, toy_data(), TrainConfig(batch_size=16), [Phase("t", 2, 1e-3)], log_to_mlflow=False)
+        runs.append(model.get_weights())
+    assert all(np.array_equal(a, b) for a, b in zip(*runs))
+
+
+def test_save_then_load_gives_equal_predictions_and_stable_bytes(tmp_path):
+    model = build_cnn(CNN_SPECS["vgg"], 4)
+    model.compile("adam", "categorical_crossentropy")  # a compiled model must save without optimizer
+    save_model(model, tmp_path / "a.keras")
+    save_model(model, tmp_path / "b.keras")
+    assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
+    loaded = keras.models.load_model(tmp_path / "a.keras")
+    x = toy_data().x_val[:8].astype("float32")
+    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone, alpha, filename", REAL_BACKBONES)
+def test_transfer_with_real_imagenet_weights(tmp_path, backbone, alpha, filename):
+    spec = TransferSpec(backbone=backbone, alpha=alpha, weights=str(weights_file(filename)), input_px=32,
+                        dense_units=8)
+    model, base = build_transfer(spec, num_classes=4)
+    random_base = build_transfer(TransferSpec(backbone=backbone, alpha=alpha, weights="none",
+                                              input_px=32), 4)[1]
+    assert not np.allclose(base.get_weights()[0], random_base.get_weights()[0])  # really loaded
+    assert not any(layer.trainable for layer in base.layers)
+    x = toy_data().x_val[:4].astype("float32")
+    probs = model(x).numpy()
+    assert probs.shape == (4, 4) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    save_model(model, tmp_path / "m.keras")
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "m.keras")(x).numpy(), probs,
+                               rtol=1e-5, atol=1e-6)
+    trainable = unfreeze_top(base, 10)
+    assert trainable > 0
+    assert not any(layer.trainable for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization))
+    assert not any(layer.trainable for layer in base.layers[:-10])
+
+
+def test_transfer_fine_tunes_on_a_toy_task():
+    set_determinism(0)
+    spec = TransferSpec(backbone="mobilenet_v2", alpha=0.35, input_px=32, dense_units=16,
+                        weights=str(weights_file(REAL_BACKBONES[1][2])))
+    model, base = build_transfer(spec, 4)
+    phases = [Phase("head", 3, 3e-3), Phase("finetune", 2, 1e-4, before=lambda _: unfreeze_top(base, 20))]
+    result = fit(model, toy_data(), TrainConfig(batch_size=16, early_stopping_patience=5), phases,
+                 log_to_mlflow=False)
+    assert [r["phase"] for r in result["history"]] == ["head"] * 3 + ["finetune"] * 2
+    assert result["history"][-1]["loss"] < result["history"][0]["loss"]
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_in_model_preprocessing_equals_the_backbones_own(backbone):
+    import importlib
+    modules = {"mobilenet": "mobilenet", "mobilenet_v2": "mobilenet_v2", "vgg16": "vgg16",
+               "resnet50_v2": "resnet_v2", "efficientnet_b0": "efficientnet"}
+    own = importlib.import_module(f"keras.applications.{modules[backbone]}").preprocess_input
+    gray = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 1)).astype("float32")
+    rgb = np.repeat(gray, 3, axis=-1)
+    ours = rgb
+    for layer in preprocessing_layers(BACKBONES[backbone][1]):
+        ours = layer(ours)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(own(rgb.copy())), rtol=1e-5, atol=1e-4)
+
+
+def test_missing_weights_file_says_where_to_put_it():
+    with pytest.raises(FileNotFoundError, match="dvc pull"):
+        resolve_weights("data/weights/nowhere.h5")
+
+
+def test_tuner_hypermodel_builds_every_depth():
+    import keras_tuner as kt
+
+    from ferpipe.tune import CNNHyperModel, TuneConfig
+    hypermodel = CNNHyperModel(TuneConfig(), TrainConfig(), num_classes=4)
+    for depth in TuneConfig().space.depth:
+        hp = kt.HyperParameters()
+        hp.Fixed("depth", depth)
+        model = hypermodel.build(hp)
+        assert model.output_shape == (None, 4)
+        assert sum(isinstance(layer, keras.layers.MaxPooling2D) for layer in model.layers) == depth

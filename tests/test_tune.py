@@ -1,0 +1,116 @@
+"""The tune stage: a killed search resumes without redoing finished trials; chief + workers."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from conftest import ROOT
+from ferpipe.augment import AugmentConfig, augment
+from ferpipe.config import from_dict
+from ferpipe.data import PrepareConfig, prepare
+from ferpipe.tiny import TINY_PARAMS, make_archive, merge
+
+pytestmark = pytest.mark.slow
+
+
+def workdir(tmp_path: Path, **tune) -> Path:
+    """A folder with tiny params and prepared + augmented data, as the stage expects."""
+    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY_PARAMS)
+    params["tune"].update(tune)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    make_archive(tmp_path / "data/raw/tiny.zip", params["prepare"]["classes"], per_class=40)
+    prepare(from_dict(PrepareConfig, {**params["prepare"], "source": str(tmp_path / "data/raw/tiny.zip")},
+                      "prepare"), tmp_path / "data/prepared", tmp_path / "metrics/data.json")
+    augment(from_dict(AugmentConfig, params["augment"], "augment"), tmp_path / "data/prepared",
+            tmp_path / "data/augmented", tmp_path / "plots/augment_preview.png")
+    return tmp_path
+
+
+def start_tune(cwd: Path, **env) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "stages/tune.py")], cwd=cwd,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": "", **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def trial_files(cwd: Path) -> dict[str, dict]:
+    found = {}
+    for path in cwd.glob("tuning/*/trial_*/trial.json"):
+        try:
+            found[path.parent.name] = json.loads(path.read_text())
+        except json.JSONDecodeError:  # being written right now
+            pass
+    return found
+
+
+def tune_runs(cwd: Path):
+    mlflow.set_tracking_uri(f"sqlite:///{cwd / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["fer-pipeline"], filter_string="tags.stage = 'tune'")
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    return runs[runs["tags.mlflow.parentRunId"].isna()], children
+
+
+def test_killed_search_resumes_with_finished_trials_intact(tmp_path):
+    cwd = workdir(tmp_path, algorithm="random", max_trials=3, max_epochs=3, search_train_images=400)
+    proc = start_tune(cwd)
+    deadline = time.monotonic() + 300
+    while not any(t["status"] == "COMPLETED" for t in trial_files(cwd).values()):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "no trial finished in time"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)  # a hard crash, mid-way through the next trial
+    proc.wait()
+    first = {name: t for name, t in trial_files(cwd).items() if t["status"] == "COMPLETED"}
+    assert len(first) == 1, "the search was killed too late to test resuming"
+
+    proc = start_tune(cwd)
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output[-3000:]
+    assert "resuming search" in output
+    after = trial_files(cwd)
+    assert sorted(t["status"] for t in after.values()) == ["COMPLETED"] * 3
+    for name, trial in first.items():  # untouched: same values, same score
+        assert after[name]["hyperparameters"]["values"] == trial["hyperparameters"]["values"]
+        assert after[name]["score"] == trial["score"]
+    parents, children = tune_runs(cwd)
+    assert len(parents) == 1 and parents.status.iloc[0] == "FINISHED"
+    first_id = next(iter(first.values()))["trial_id"]
+    assert (children["tags.trial_id"] == first_id).sum() == 1  # not run again
+    assert set(children.status) <= {"FINISHED", "KILLED"}
+    assert (children.status == "FINISHED").sum() == 3
+    assert json.loads((cwd / "metrics/tune.json").read_text())["trials_completed"] == 3
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_chief_and_two_workers_share_the_trials(tmp_path):
+    trials = 4
+    cwd = workdir(tmp_path, algorithm="random", max_trials=trials, max_epochs=2, search_train_images=300)
+    oracle = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(free_port())}
+    chief = start_tune(cwd, KERASTUNER_TUNER_ID="chief", **oracle)
+    workers = [start_tune(cwd, KERASTUNER_TUNER_ID=f"worker{i}", **oracle) for i in range(2)]
+    try:
+        outputs = [p.communicate(timeout=600)[0] for p in [*workers, chief]]
+    finally:
+        for proc in [chief, *workers]:
+            proc.kill()
+    for proc, output in zip([*workers, chief], outputs):
+        assert proc.returncode == 0, output[-3000:]
+    parents, children = tune_runs(cwd)
+    assert len(parents) == 1 and parents.status.iloc[0] == "FINISHED"
+    assert len(children) == trials and set(children.status) == {"FINISHED"}
+    assert set(children["tags.tuner_id"]) == {"worker0", "worker1"}
+    assert (children["tags.mlflow.parentRunId"] == parents.run_id.iloc[0]).all()
+    assert json.loads((cwd / "metrics/tune.json").read_text())["trials_completed"] == trials
+    assert (cwd / "models/trained/tuned/model.keras").exists()
