@@ -53,6 +53,8 @@ def trial_files(cwd: Path) -> dict[str, dict]:
 def tune_runs(cwd: Path):
     mlflow.set_tracking_uri(f"sqlite:///{cwd / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["fer-pipeline"], filter_string="tags.stage = 'tune'")
+    if "tags.mlflow.parentRunId" not in runs:
+        runs["tags.mlflow.parentRunId"] = None
     children = runs[runs["tags.mlflow.parentRunId"].notna()]
     return runs[runs["tags.mlflow.parentRunId"].isna()], children
 
@@ -99,6 +101,11 @@ def test_chief_and_two_workers_share_the_trials(tmp_path):
     cwd = workdir(tmp_path, algorithm="random", max_trials=trials, max_epochs=2, search_train_images=300)
     oracle = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(free_port())}
     chief = start_tune(cwd, KERASTUNER_TUNER_ID="chief", **oracle)
+    deadline = time.monotonic() + 300
+    while not (cwd / "mlflow.db").exists() or tune_runs(cwd)[0].empty:  # the chief opens the search
+        assert chief.poll() is None, chief.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "the chief did not start the search in time"
+        time.sleep(1)
     workers = [start_tune(cwd, KERASTUNER_TUNER_ID=f"worker{i}", **oracle) for i in range(2)]
     try:
         outputs = [p.communicate(timeout=600)[0] for p in [*workers, chief]]

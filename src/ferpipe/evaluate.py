@@ -158,6 +158,9 @@ def write_reports(results: dict[str, dict], champion: str, cfg: EvaluateConfig, 
     for name, result in results.items():
         with atomic_path(plots_dir / "confusion" / f"{name}.csv") as tmp:
             pd.DataFrame(confusion_rows(y_test, result["test_pred"], classes)).to_csv(tmp, index=False)
+    table_png(rows, champion, plots_dir / "models_table.png")
+    confusion_png(y_test, results[champion]["test_pred"], classes, plots_dir / "champion_confusion.png",
+                  f"champion {champion}: test confusion matrix")
     best = results[champion]
     summary = {
         "champion": champion,
@@ -170,3 +173,30 @@ def write_reports(results: dict[str, dict], champion: str, cfg: EvaluateConfig, 
     }
     write_json(metrics_path, summary)
     return summary
+
+
+def table_png(rows: list[dict], champion: str, path: Path) -> None:
+    """The comparison table as a picture, for the README; the champion's row is bold."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = ["model", "val_accuracy", "val_macro_f1", "val_ece", "test_accuracy", "test_macro_f1",
+               "latency_ms", "params", "file_mb"]
+    ordered = sorted(rows, key=lambda r: -r["val_accuracy"])
+    cells = [[f"{r[c]:,}" if c == "params" else str(r[c]) for c in columns] for r in ordered]
+    fig, ax = plt.subplots(figsize=(12, 0.45 * len(rows) + 0.8))
+    ax.axis("off")
+    table = ax.table(cellText=cells, colLabels=columns, loc="center", cellLoc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8.5)
+    table.scale(1, 1.4)
+    for i, r in enumerate(ordered, start=1):
+        if r["model"] == champion:
+            for j in range(len(columns)):
+                table[i, j].set_text_props(weight="bold")
+    ax.set_title("Models on validation and test (sorted by validation accuracy; champion in bold)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

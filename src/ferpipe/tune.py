@@ -26,12 +26,12 @@ from ferpipe.train import Phase, TrainConfig, TrainData, fit
 @dataclass
 class SearchSpace:
     depth: list[int] = field(default_factory=lambda: [3, 4])
-    filters: list[int] = field(default_factory=lambda: [16, 32, 48])  # first block; doubles per block
-    kernel: list[int] = field(default_factory=lambda: [3, 5])
+    filters: list[int] = field(default_factory=lambda: [16, 32])  # first block; doubles per block
+    kernel: list[int] = field(default_factory=lambda: [3])
     convs_per_block: list[int] = field(default_factory=lambda: [1, 2])
     batch_norm: list[bool] = field(default_factory=lambda: [True, False])
     dropout: list[float] = field(default_factory=lambda: [0.0, 0.5])  # [min, max], step 0.1
-    dense_units: list[int] = field(default_factory=lambda: [128, 256, 512])
+    dense_units: list[int] = field(default_factory=lambda: [128, 256])
     learning_rate: list[float] = field(default_factory=lambda: [3e-4, 3e-3])  # [min, max], log
     optimizer: list[str] = field(default_factory=lambda: ["adam", "adamw", "sgd"])
 
@@ -43,7 +43,7 @@ class TuneConfig:
     max_trials: int = 10  # bayesian and random; hyperband sizes itself from max_epochs/factor
     max_epochs: int = 4  # per trial (hyperband: the most any trial gets)
     factor: int = 2
-    search_train_images: int = 6000  # seeded subset of the augmented set used while searching
+    search_train_images: int = 5000  # seeded subset of the augmented set used while searching
     final_epochs: int = 6  # retraining the best hyperparameters on the full set
     seed: int = 42
     space: SearchSpace = field(default_factory=SearchSpace)
@@ -106,8 +106,10 @@ class MLflowTrials:
     def run_trial(self, trial, *args, **kwargs):
         tags = {"stage": "tune", "trial_id": trial.trial_id,
                 "tuner_id": os.environ.get("KERASTUNER_TUNER_ID", "tuner0")}
+        # The parent's experiment, explicitly: a worker process has no experiment set.
+        experiment_id = MlflowClient().get_run(self.parent_run_id).info.experiment_id
         with mlflow.start_run(run_name=f"trial_{trial.trial_id}", parent_run_id=self.parent_run_id,
-                              nested=True, tags=tags):
+                              experiment_id=experiment_id, nested=True, tags=tags):
             mlflow.log_params(trial.hyperparameters.values)
             results = super().run_trial(trial, *args, **kwargs)
             mlflow.log_metrics({k: sum(r[k] for r in results) / len(results) for k in results[0]})

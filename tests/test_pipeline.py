@@ -1,0 +1,96 @@
+"""End to end: `dvc repro` of every stage on the tiny project, then what users rely on."""
+import json
+import sys
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from conftest import run
+
+pytestmark = pytest.mark.slow
+STAGES = {"prepare", "augment", "train_baselines", "transfer", "tune", "evaluate", "release"}
+
+
+def dvc(project, *args):
+    return run([sys.executable, "-m", "dvc", *args], project, env={"MLFLOW_TRACKING_URI": ""})
+
+
+def test_outputs_of_every_stage(tiny_project):
+    for split in ("train", "val", "test"):
+        assert (tiny_project / f"data/prepared/{split}.npz").exists()
+    assert (tiny_project / "data/prepared/manifest.csv").exists()
+    data = json.loads((tiny_project / "metrics/data.json").read_text())
+    assert data["kept"] == sum(data["counts"][s]["total"] for s in ("train", "val", "test"))
+    assert (tiny_project / "plots/augment_preview.png").stat().st_size > 1000
+    params = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    models = [*params["baselines"], *params["transfer"], "tuned"]
+    for name in models:
+        assert (tiny_project / f"models/trained/{name}/model.keras").exists()
+        assert json.loads((tiny_project / f"metrics/train/{name}.json").read_text())["epochs_run"] >= 1
+    evaluation = json.loads((tiny_project / "metrics/evaluate.json").read_text())
+    assert set(evaluation["models"]) == set(models)
+    best = max(evaluation["models"].values(), key=lambda m: m["val_accuracy"])
+    assert evaluation["val"]["accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-4)
+    for name in models:
+        assert (tiny_project / f"plots/confusion/{name}.csv").exists()
+    card = json.loads((tiny_project / "models/release/model_card.json").read_text())
+    assert card["model"] == evaluation["champion"] and card["classes"] == params["prepare"]["classes"]
+
+
+def test_mlflow_holds_one_finished_run_per_stage_with_params_and_metrics(tiny_project):
+    mlflow.set_tracking_uri(f"sqlite:///{tiny_project / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["fer-pipeline"])
+    assert set(runs["tags.stage"]) == STAGES
+    assert set(runs.status) == {"FINISHED"}
+    commit = run(["git", "rev-parse", "HEAD"], tiny_project).stdout.strip()
+    top = runs[runs["tags.mlflow.parentRunId"].isna()]
+    assert set(top["tags.git_commit"]) == {commit}
+    assert "untracked" not in set(top["tags.data_version"])
+    prepare = top[top["tags.stage"] == "prepare"].iloc[0]
+    assert prepare["params.seed"] == "42" and prepare["metrics.kept"] > 0
+    baselines = top[top["tags.stage"] == "train_baselines"]
+    assert len(baselines) == 2 and baselines["metrics.final_val_accuracy"].notna().all()
+    assert baselines["params.model.filters"].notna().all()
+    tune = top[top["tags.stage"] == "tune"].iloc[0]
+    trials = runs[runs["tags.mlflow.parentRunId"] == tune.run_id]
+    assert len(trials) == 2 and trials["metrics.val_accuracy"].notna().all()
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias("fer-emotion", "champion")
+    assert champion.tags["model_name"] == json.loads(
+        (tiny_project / "metrics/evaluate.json").read_text())["champion"]
+    served = mlflow.pyfunc.load_model(f"models:/fer-emotion@champion")
+    assert np.asarray(served.predict(np.zeros((2, 48, 48, 1), "float32"))).shape == (2, 4)
+
+
+def test_second_repro_does_nothing(tiny_project):
+    out = dvc(tiny_project, "repro").stdout
+    assert "Running stage" not in out and "up to date" in out
+
+
+def test_released_model_loads_with_plain_keras(tiny_project):
+    samples = np.load(tiny_project / "models/release/samples.npz")
+    model = keras.models.load_model(tiny_project / "models/release/model.keras")
+    probs = model(samples["x"][..., None].astype("float32")).numpy()
+    np.testing.assert_allclose(probs, samples["probs"], atol=1e-5)
+
+
+def test_evaluate_param_reruns_only_evaluate_and_retraining_does_not_force_it(tiny_project):
+    params_path = tiny_project / "params.yaml"
+    original = params_path.read_text()
+    try:
+        params = yaml.safe_load(original)
+        params["evaluate"]["ece_bins"] = 10
+        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+        out = dvc(tiny_project, "repro").stdout
+        ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+        assert ran <= {"evaluate", "release"} and "evaluate" in ran
+    finally:
+        params_path.write_text(original)
+        dvc(tiny_project, "repro")
+    # Retraining an unchanged model gives the same bytes, so evaluate stays up to date.
+    dvc(tiny_project, "repro", "--force", "--single-item", "train_baselines@cnn_a")
+    status = dvc(tiny_project, "status").stdout
+    assert "evaluate" not in status and "up to date" in status
