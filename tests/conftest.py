@@ -24,8 +24,13 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True,
 
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory) -> Path:
-    """A copy of this repo with tiny params and data, after one full `dvc repro`."""
+    """A copy of this repo with tiny params and data, after one full `dvc repro`.
+
+    FERPIPE_TINY_PROJECT=<dir> reuses one made earlier (`python -m ferpipe.tiny` + `dvc repro`)."""
     from ferpipe.tiny import make_project
+
+    if os.environ.get("FERPIPE_TINY_PROJECT"):
+        return Path(os.environ["FERPIPE_TINY_PROJECT"])
 
     dest = make_project(tmp_path_factory.mktemp("tiny") / "project", ROOT)
     run([sys.executable, "-m", "dvc", "repro"], dest, env={"MLFLOW_TRACKING_URI": ""})
