@@ -9,12 +9,15 @@ $(UV):
 install: $(UV)
 	$(UV) sync --frozen
 
+# Pull what the remote has (always the inputs; outputs too once someone pushed them),
+# then build whatever is missing or stale.
 run: install
-	$(UV) run dvc pull
+	$(UV) run dvc pull --allow-missing
 	$(UV) run dvc repro
 
+# The tests need only the versioned inputs: the archive and the ImageNet weights.
 test: install
-	$(UV) run dvc pull
+	$(UV) run dvc pull data/raw/fer2013_train.zip.dvc data/weights/*.dvc
 	$(UV) run pytest -q
 
 # The whole pipeline on a tiny synthetic dataset in a scratch copy (a few minutes).
