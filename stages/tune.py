@@ -12,7 +12,7 @@ import mlflow
 from ferpipe.config import load_section, run_main
 from ferpipe.files import write_json
 from ferpipe.models import build_cnn
-from ferpipe.tracking import data_version, stage_run, tracking_uri
+from ferpipe.tracking import data_version, stage_run, use_tracking
 from ferpipe.train import (AUGMENTED_DIR, PREPARED_DIR, Phase, TrainConfig, fit, load_train_data,
                            output_paths, set_determinism, write_outputs)
 from ferpipe.tune import (TuneConfig, close_stale_trials, find_parent_run, is_worker, make_tuner,
@@ -28,7 +28,7 @@ def main() -> None:
     train_cfg = load_section("train", TrainConfig)
     set_determinism(train_cfg.seed, train_cfg.mixed_precision)
     project = search_id(cfg, train_cfg, data_version(AUGMENTED_DIR))
-    mlflow.set_tracking_uri(tracking_uri())
+    use_tracking()
     search_data = load_train_data(AUGMENTED_DIR, PREPARED_DIR, cfg.search_train_images, cfg.seed)
     num_classes = len(search_data.classes)
 

@@ -85,6 +85,22 @@ def test_missing_input_marks_mlflow_run_failed(tmp_path):
     assert list(runs.status) == ["FAILED"] and list(runs["tags.stage"]) == ["prepare"]
 
 
+OPEN_TRACKING = """
+import sys
+from ferpipe.tracking import use_tracking
+use_tracking(sys.argv[1])
+"""
+
+
+def test_processes_opening_a_new_tracking_db_at_once_all_succeed(tmp_path):
+    # a tuning chief and its workers start together on a fresh mlflow.db
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_TRACKING, uri], stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, next(e for e in errors if "Error" in e)[-2000:]
+
+
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.json"
     target.write_text("old")

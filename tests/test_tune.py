@@ -17,6 +17,7 @@ from ferpipe.augment import AugmentConfig, augment
 from ferpipe.config import from_dict
 from ferpipe.data import PrepareConfig, prepare
 from ferpipe.tiny import TINY_PARAMS, make_archive, merge
+from ferpipe.tracking import use_tracking
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +52,7 @@ def trial_files(cwd: Path) -> dict[str, dict]:
 
 
 def tune_runs(cwd: Path):
-    mlflow.set_tracking_uri(f"sqlite:///{cwd / 'mlflow.db'}")
+    use_tracking(f"sqlite:///{cwd / 'mlflow.db'}")  # under the lock the stage takes to create it
     runs = mlflow.search_runs(experiment_names=["fer-pipeline"], filter_string="tags.stage = 'tune'")
     if "tags.mlflow.parentRunId" not in runs:
         runs["tags.mlflow.parentRunId"] = None

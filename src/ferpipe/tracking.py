@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
+import tempfile
 import signal
 import subprocess
 from pathlib import Path
@@ -18,6 +20,23 @@ DEFAULT_EXPERIMENT = "fer-pipeline"
 def tracking_uri() -> str:
     """`MLFLOW_TRACKING_URI` if set, else a SQLite DB at the repo root (the cwd DVC runs in)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def use_tracking(uri: str | None = None) -> str:
+    """Point MLflow at `uri` (default `tracking_uri()`) and make sure its store exists.
+
+    MLflow creates a fresh SQLite schema without a lock, so two processes opening a new
+    DB at once (a tuning chief and its workers, or a reader polling it) can both run
+    CREATE TABLE and one fails; an exclusive file lock makes the creation happen once.
+    """
+    uri = uri or tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        key = hashlib.sha1(uri.encode()).hexdigest()[:16]
+        with open(Path(tempfile.gettempdir()) / f"ferpipe-mlflow-{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    return uri
 
 
 def _git(*args: str) -> str:
@@ -77,7 +96,7 @@ def stage_run(stage: str, params: dict[str, Any], data_path: str | Path,
               run_name: str | None = None, nested: bool = False,
               tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
     """Open an MLflow run for one stage; any exception or SIGTERM ends it as FAILED."""
-    mlflow.set_tracking_uri(tracking_uri())
+    use_tracking()
     if not nested:
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
     commit, dirty = git_state()
