@@ -1,15 +1,14 @@
 """Stage `evaluate`: compare every trained model, pick the champion on validation, register it."""
-import tempfile
 from pathlib import Path
 
 import mlflow
 
 from ferpipe.config import load_section, run_main
 from ferpipe.data import load_split
-from ferpipe.evaluate import (SELECTION, EvaluateConfig, choose_champion, confusion_png,
-                              evaluate_model, flat_row, text_report, write_reports)
+from ferpipe.evaluate import (SELECTION, EvaluateConfig, choose_champion, evaluate_model, flat_row,
+                              text_report, write_reports)
 from ferpipe.registry import register_champion
-from ferpipe.tracking import data_version, stage_run
+from ferpipe.tracking import data_version, log_keras_model, stage_run
 
 PREPARED = Path("data/prepared")
 MODELS = Path("models/trained")
@@ -28,17 +27,18 @@ def main() -> None:
         raise FileNotFoundError(f"{MODELS}: no trained models (*/model.keras); run `dvc repro` first")
 
     with stage_run("evaluate", vars(cfg), PREPARED):
-        results = {}
+        results, rows = {}, {}
         for path in paths:
             name = path.parent.name
             results[name] = evaluate_model(path, splits, classes, cfg)
-            row = flat_row(name, results[name])
+            rows[name] = row = flat_row(name, results[name])
             with mlflow.start_run(run_name=f"eval_{name}", nested=True,
                                   tags={"stage": "evaluate", "model_name": name}):
                 mlflow.log_metrics({k: v for k, v in row.items() if k != "model"})
             print(f"evaluate: {row}")
-        champion = choose_champion([flat_row(n, r) for n, r in results.items()], cfg.selection_metric)
-        summary = write_reports(results, champion, cfg, classes, y_test, METRICS, TABLE, PLOTS)
+        champion = choose_champion(list(rows.values()), cfg.selection_metric)
+        summary = write_reports(results, list(rows.values()), champion, cfg, classes, y_test,
+                                METRICS, TABLE, PLOTS)
         mlflow.log_metrics({f"champion_{s}_{k}": v for s in ("val", "test")
                             for k, v in summary[s].items() if isinstance(v, float)})
         mlflow.set_tag("champion", champion)
@@ -47,23 +47,15 @@ def main() -> None:
         with mlflow.start_run(run_name=f"champion_{champion}", nested=True,
                               tags={"stage": "evaluate", "model_name": champion, "champion": "true"}):
             import keras
-            from mlflow.models import infer_signature
 
-            model = keras.models.load_model(MODELS / champion / "model.keras")
-            with tempfile.TemporaryDirectory() as tmp:
-                figure = Path(tmp) / "confusion_matrix_test.png"
-                confusion_png(y_test, results[champion]["test_pred"], classes, figure,
-                              f"{champion}: test confusion matrix")
-                mlflow.log_artifact(str(figure))
+            mlflow.log_artifact(str(PLOTS / "champion_confusion.png"))  # drawn by write_reports
             mlflow.log_text(text_report(y_val, results[champion]["val_pred"], classes),
                             "classification_report_val.txt")
             mlflow.log_text(text_report(y_test, results[champion]["test_pred"], classes),
                             "classification_report_test.txt")
-            example = x_test[:2, ..., None].astype("float32")
-            info = mlflow.keras.log_model(model, name="model",
-                                          signature=infer_signature(example, model(example).numpy()),
-                                          pip_requirements=["tensorflow", "keras"])
-            value = flat_row(champion, results[champion])[cfg.selection_metric]
+            model = keras.models.load_model(MODELS / champion / "model.keras")
+            info = log_keras_model(model, x_test[:2, ..., None].astype("float32"))
+            value = rows[champion][cfg.selection_metric]
             version, moved = register_champion(info.model_uri, cfg.registered_model_name,
                                                cfg.selection_metric, value,
                                                SELECTION[cfg.selection_metric],

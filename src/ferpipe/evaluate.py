@@ -142,14 +142,15 @@ def text_report(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> str:
                                  digits=4, zero_division=0)
 
 
-def write_reports(results: dict[str, dict], champion: str, cfg: EvaluateConfig, classes: list[str],
-                  y_test: np.ndarray, metrics_path: Path, table_path: Path, plots_dir: Path) -> dict:
-    """metrics/evaluate.json, metrics/models.csv, per-model confusion data, accuracy bars."""
+def write_reports(results: dict[str, dict], rows: list[dict], champion: str, cfg: EvaluateConfig,
+                  classes: list[str], y_test: np.ndarray, metrics_path: Path, table_path: Path,
+                  plots_dir: Path) -> dict:
+    """metrics/evaluate.json, metrics/models.csv, per-model confusion data, accuracy bars, and the
+    table and champion confusion PNGs; `rows` are the `flat_row`s of `results`."""
     import pandas as pd
 
     from ferpipe.files import atomic_path, write_json
 
-    rows = [flat_row(name, result) for name, result in results.items()]
     with atomic_path(table_path) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
     with atomic_path(plots_dir / "model_accuracy.csv") as tmp:
@@ -165,8 +166,8 @@ def write_reports(results: dict[str, dict], champion: str, cfg: EvaluateConfig, 
     summary = {
         "champion": champion,
         "selection_metric": cfg.selection_metric,
-        "val": {k: v for k, v in best["val"].items()},
-        "test": {k: v for k, v in best["test"].items()},
+        "val": dict(best["val"]),
+        "test": dict(best["test"]),
         "latency_ms": round(best["latency_ms"], 3),
         "params": best["params"],
         "models": {r["model"]: {k: v for k, v in r.items() if k != "model"} for r in rows},

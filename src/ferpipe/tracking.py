@@ -87,6 +87,19 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def log_keras_model(model: Any, example: Any) -> Any:
+    """Log a Keras model to the active run with a signature inferred on `example`; returns its info."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(example, np.asarray(model(example)))
+    return mlflow.keras.log_model(model, name="model", signature=signature,
+                                  pip_requirements=[f"tensorflow=={tf.__version__}",
+                                                    f"keras=={keras.__version__}"])
+
+
 def _raise_on_sigterm(signum, frame):  # noqa: ARG001
     raise SystemExit(128 + signum)
 

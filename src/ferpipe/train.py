@@ -20,7 +20,7 @@ import tensorflow as tf  # noqa: E402
 
 from ferpipe.data import load_split  # noqa: E402
 from ferpipe.files import atomic_path, write_json  # noqa: E402
-from ferpipe.tracking import stage_run  # noqa: E402
+from ferpipe.tracking import log_keras_model, stage_run  # noqa: E402
 
 PREPARED_DIR = Path("data/prepared")
 AUGMENTED_DIR = Path("data/augmented")
@@ -225,7 +225,6 @@ def write_outputs(model: keras.Model, result: dict, name: str, model_path: Path,
                   metrics_path: Path, history_path: Path) -> dict:
     """Save the model, its metrics JSON and history CSV; log all of it to the active MLflow run."""
     import pandas as pd
-    from mlflow.models import infer_signature
 
     save_model(model, model_path)
     metrics = {k: v for k, v in result.items() if k != "history"}
@@ -239,11 +238,7 @@ def write_outputs(model: keras.Model, result: dict, name: str, model_path: Path,
         plot_history(result["history"], curve, name)
         mlflow.log_artifact(str(curve))
         curve.unlink()
-        example = np.zeros((2, *model.input_shape[1:]), dtype=np.float32)
-        signature = infer_signature(example, np.asarray(model(example)))
-        mlflow.keras.log_model(model, name="model", signature=signature,
-                               pip_requirements=[f"tensorflow=={tf.__version__}",
-                                                 f"keras=={keras.__version__}"])
+        log_keras_model(model, np.zeros((2, *model.input_shape[1:]), dtype=np.float32))
     return metrics
 
 
