@@ -122,3 +122,14 @@ def test_chief_and_two_workers_share_the_trials(tmp_path):
     assert (children["tags.mlflow.parentRunId"] == parents.run_id.iloc[0]).all()
     assert json.loads((cwd / "metrics/tune.json").read_text())["trials_completed"] == trials
     assert (cwd / "models/trained/tuned/model.keras").exists()
+
+
+def test_hyperband_best_hyperparameters_hold_only_the_searched_space(tmp_path):
+    cwd = workdir(tmp_path, algorithm="hyperband", max_epochs=2, factor=2, search_train_images=200)
+    proc = start_tune(cwd)
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output[-3000:]
+    best = json.loads((cwd / "models/trained/tuned/best_hyperparameters.json").read_text())
+    space = yaml.safe_load((cwd / "params.yaml").read_text())["tune"]["space"]
+    assert set(best) == {"search_id", *space}  # no Hyperband "tuner/*" bookkeeping
+    assert best["optimizer"] in space["optimizer"] and best["depth"] in space["depth"]

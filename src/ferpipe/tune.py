@@ -32,6 +32,7 @@ class SearchSpace:
     batch_norm: list[bool] = field(default_factory=lambda: [True, False])
     dropout: list[float] = field(default_factory=lambda: [0.0, 0.5])  # [min, max], step 0.1
     dense_units: list[int] = field(default_factory=lambda: [128, 256])
+    head: list[str] = field(default_factory=lambda: ["flatten", "gap"])
     learning_rate: list[float] = field(default_factory=lambda: [3e-4, 3e-3])  # [min, max], log
     optimizer: list[str] = field(default_factory=lambda: ["adam", "adamw", "sgd"])
 
@@ -53,6 +54,8 @@ class TuneConfig:
             raise ValueError("max_epochs, max_trials and final_epochs must be >= 1")
         if self.factor < 2:
             raise ValueError(f"factor must be >= 2, got {self.factor}")
+        if not set(self.space.head) <= {"flatten", "gap"}:
+            raise ValueError(f"space.head must hold flatten and/or gap, got {self.space.head}")
         for name in ("dropout", "learning_rate"):
             low, high = getattr(self.space, name)
             if not low <= high:
@@ -68,7 +71,7 @@ def spec_from_hp(hp: kt.HyperParameters, space: SearchSpace, epochs: int) -> tup
     spec = CNNSpec(filters=filters, kernel=hp.Choice("kernel", space.kernel),
                    convs_per_block=hp.Choice("convs_per_block", space.convs_per_block),
                    batch_norm=hp.Boolean("batch_norm") if len(space.batch_norm) > 1 else space.batch_norm[0],
-                   block_dropout=round(dropout / 2, 2), head="gap",
+                   block_dropout=round(dropout / 2, 2), head=hp.Choice("head", space.head),
                    dense_units=[hp.Choice("dense_units", space.dense_units)], dense_dropout=dropout,
                    epochs=epochs,
                    learning_rate=hp.Float("learning_rate", *space.learning_rate, sampling="log"))
@@ -183,4 +186,6 @@ def summarize(tuner: kt.Tuner) -> dict:
     best = tuner.oracle.get_best_trials(1)[0]
     return {"trials_total": len(trials), "trials_completed": len(done),
             "best_trial_id": best.trial_id, "best_search_score": float(best.score),
-            "best_hyperparameters": best.hyperparameters.values}
+            # Hyperband's own bookkeeping ("tuner/epochs", ...) is not a hyperparameter.
+            "best_hyperparameters": {k: v for k, v in best.hyperparameters.values.items()
+                                     if not k.startswith("tuner/")}}
