@@ -32,7 +32,7 @@ class SearchSpace:
     batch_norm: list[bool] = field(default_factory=lambda: [True, False])
     dropout: list[float] = field(default_factory=lambda: [0.0, 0.5])  # [min, max], step 0.1
     dense_units: list[int] = field(default_factory=lambda: [128, 256])
-    head: list[str] = field(default_factory=lambda: ["flatten", "gap"])
+    head: list[Literal["flatten", "gap"]] = field(default_factory=lambda: ["flatten", "gap"])
     learning_rate: list[float] = field(default_factory=lambda: [3e-4, 3e-3])  # [min, max], log
     optimizer: list[str] = field(default_factory=lambda: ["adam", "adamw", "sgd"])
 
@@ -54,8 +54,6 @@ class TuneConfig:
             raise ValueError("max_epochs, max_trials and final_epochs must be >= 1")
         if self.factor < 2:
             raise ValueError(f"factor must be >= 2, got {self.factor}")
-        if not set(self.space.head) <= {"flatten", "gap"}:
-            raise ValueError(f"space.head must hold flatten and/or gap, got {self.space.head}")
         for name in ("dropout", "learning_rate"):
             low, high = getattr(self.space, name)
             if not low <= high:
