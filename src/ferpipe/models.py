@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import keras
+import numpy as np
 from keras import layers
 
 # Per-backbone constructor and how its own `preprocess_input` maps 0..255 RGB:
@@ -39,6 +40,10 @@ class CNNSpec:
     dense_units: list[int] = field(default_factory=lambda: [128])
     dense_dropout: float = 0.0
     l2: float = 0.0
+    # Random shifts of up to this fraction of the side, drawn afresh for every training image
+    # by the trainer's input pipeline (not a model layer: Keras 3 image layers default to
+    # training=True, so one inside the model would shift at inference under a plain call). 0: off.
+    random_shift: float = 0.0
     epochs: int = 20
     learning_rate: float = 1e-3
 
@@ -50,6 +55,8 @@ class CNNSpec:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.kernel not in (1, 3, 5, 7):
             raise ValueError(f"kernel must be 1, 3, 5 or 7, got {self.kernel}")
+        if not 0 <= self.random_shift < 0.5:
+            raise ValueError(f"random_shift must be in [0, 0.5), got {self.random_shift}")
 
 
 @dataclass
@@ -166,3 +173,18 @@ def unfreeze_top(backbone: keras.Model, n_layers: int) -> int:
         layer.trainable = i >= cut and not isinstance(layer, layers.BatchNormalization)
         count += int(layer.trainable and bool(layer.weights))
     return count
+
+
+def with_flip_tta(model: keras.Model) -> keras.Model:
+    """`model` averaged over the image and its mirror, from built-in layers only.
+
+    The mirror is a frozen Dense layer holding the anti-identity matrix over the width axis:
+    exact on pixel values, and `keras.models.load_model` needs no custom code to load it."""
+    side = int(model.input_shape[2])
+    inputs = keras.Input(model.input_shape[1:], name="pixels")
+    rows = layers.Reshape((int(model.input_shape[1]), side), name="drop_channel")(inputs)
+    mirror = layers.Dense(side, use_bias=False, trainable=False, name="mirror_width")
+    mirrored = layers.Reshape(tuple(model.input_shape[1:]), name="add_channel")(mirror(rows))
+    mirror.set_weights([np.eye(side, dtype="float32")[::-1]])
+    averaged = layers.Average(name="tta_mean")([model(inputs), model(mirrored)])
+    return keras.Model(inputs, averaged, name=f"{model.name}_flip_tta")

@@ -30,7 +30,8 @@ def output_paths(name: str) -> dict[str, Path]:
     """Where every trained model's outputs live; evaluate reads the same places."""
     return {"model_path": Path("models/trained") / name / "model.keras",
             "metrics_path": Path("metrics/train") / f"{name}.json",
-            "history_path": Path("plots/train") / f"{name}.csv"}
+            "history_path": Path("plots/train") / f"{name}.csv",
+            "timing_path": Path("reports/timing") / f"{name}.json"}
 
 
 @dataclass
@@ -44,6 +45,12 @@ class TrainConfig:
     reduce_lr_patience: int = 2
     reduce_lr_factor: float = 0.5
     min_learning_rate: float = 1e-6
+    # What early stopping, the LR plateau and the kept epoch follow: what we judge models by.
+    selection_metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    # Polyak averaging of the weights (0: off). Validation, early stopping and the saved model
+    # all use the averaged weights, so one lucky epoch of raw weights is not what is kept.
+    ema_momentum: float = 0.0
+    mixup_alpha: float = 0.0  # 0: off; keras.layers.MixUp on each training batch
     max_train_images: int = 0  # 0: all; a seeded subset otherwise (tiny runs)
     mixed_precision: bool = False
     seed: int = 42
@@ -55,6 +62,10 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 < self.reduce_lr_factor < 1:
             raise ValueError(f"reduce_lr_factor must be in (0, 1), got {self.reduce_lr_factor}")
+        if not 0 <= self.ema_momentum < 1:
+            raise ValueError(f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
+        if self.mixup_alpha < 0:
+            raise ValueError(f"mixup_alpha must be >= 0, got {self.mixup_alpha}")
 
 
 @dataclass
@@ -73,6 +84,7 @@ class Phase:
     epochs: int
     learning_rate: float
     before: Callable[[keras.Model], None] | None = None
+    random_shift: float = 0.0  # online shifts of the training images, fraction of the side
 
 
 def load_train_data(augmented_dir: Path | str, prepared_dir: Path | str, max_train_images: int = 0,
@@ -94,14 +106,31 @@ def set_determinism(seed: int, mixed_precision: bool = False) -> None:
 
 
 def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int,
-                 shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """uint8 pixels -> float32 0..255, one-hot labels; shuffled each epoch when seeded."""
+                 shuffle_seed: int | None = None, mixup_alpha: float = 0.0,
+                 random_shift: float = 0.0) -> tf.data.Dataset:
+    """uint8 pixels -> float32 0..255, one-hot labels; shuffled each epoch when seeded.
+
+    Optional online augmentation of training batches with built-in Keras layers: random shifts
+    (`random_shift`, fraction of the side), then mixup (`mixup_alpha`). Those maps run
+    sequentially: their seed generators are variables, and parallel calls would race on them.
+    """
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(
         lambda a, b: (tf.cast(a, tf.float32), tf.one_hot(b, num_classes)),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if random_shift > 0:
+        shift = keras.layers.RandomTranslation(random_shift, random_shift, fill_mode="nearest",
+                                               seed=shuffle_seed)
+        ds = ds.map(lambda images, labels: (shift(images, training=True), labels))
+    if mixup_alpha > 0:
+        mixup = keras.layers.MixUp(alpha=mixup_alpha, seed=shuffle_seed)
+
+        def mix(images, labels):
+            out = mixup({"images": images, "labels": labels}, training=True)
+            return out["images"], out["labels"]
+        ds = ds.map(mix)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -111,11 +140,14 @@ def balanced_class_weights(y: np.ndarray, num_classes: int) -> dict[int, float]:
 
 
 def make_optimizer(cfg: TrainConfig, learning_rate: float) -> keras.optimizers.Optimizer:
+    """adam; adamw and sgd (Nesterov, momentum 0.9) with decoupled weight decay; optional EMA."""
+    ema = {"use_ema": True, "ema_momentum": cfg.ema_momentum} if cfg.ema_momentum else {}
     if cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=cfg.weight_decay)
+        return keras.optimizers.AdamW(learning_rate, weight_decay=cfg.weight_decay, **ema)
     if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True)
-    return keras.optimizers.Adam(learning_rate)
+        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True,
+                                    weight_decay=cfg.weight_decay or None, **ema)
+    return keras.optimizers.Adam(learning_rate, **ema)
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -145,9 +177,8 @@ class EpochLogger(keras.callbacks.Callback):
 
 def fit(model: keras.Model, data: TrainData, cfg: TrainConfig, phases: list[Phase],
         extra_callbacks: list | None = None, log_to_mlflow: bool = True) -> dict:
-    """Train through `phases`; best weights (by val loss) restored after each phase."""
+    """Train through `phases`; the best weights by `cfg.selection_metric` kept after each phase."""
     k = len(data.classes)
-    train_ds = make_dataset(data.x_train, data.y_train, k, cfg.batch_size, shuffle_seed=cfg.seed)
     val_ds = make_dataset(data.x_val, data.y_val, k, cfg.batch_size)
     weights = balanced_class_weights(data.y_train, k) if cfg.class_weights else None
     history: list[dict] = []
@@ -158,14 +189,20 @@ def fit(model: keras.Model, data: TrainData, cfg: TrainConfig, phases: list[Phas
             continue
         if phase.before:
             phase.before(model)
+        train_ds = make_dataset(data.x_train, data.y_train, k, cfg.batch_size, shuffle_seed=cfg.seed,
+                                mixup_alpha=cfg.mixup_alpha, random_shift=phase.random_shift)
         model.compile(optimizer=make_optimizer(cfg, phase.learning_rate),
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
                       metrics=["accuracy"])
         logger = EpochLogger(phase.name, history, log_to_mlflow)
+        # With EMA, swapping first puts the averaged weights in the model for validation and for
+        # every callback after it, so early stopping keeps (and restores) averaged weights.
+        swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.ema_momentum else []
         callbacks = [
-            keras.callbacks.EarlyStopping("val_loss", patience=cfg.early_stopping_patience,
+            *swap,
+            keras.callbacks.EarlyStopping(cfg.selection_metric, patience=cfg.early_stopping_patience,
                                           restore_best_weights=True),
-            keras.callbacks.ReduceLROnPlateau("val_loss", factor=cfg.reduce_lr_factor,
+            keras.callbacks.ReduceLROnPlateau(cfg.selection_metric, factor=cfg.reduce_lr_factor,
                                               patience=cfg.reduce_lr_patience,
                                               min_lr=cfg.min_learning_rate),
             logger, *(extra_callbacks or [])]
@@ -174,10 +211,13 @@ def fit(model: keras.Model, data: TrainData, cfg: TrainConfig, phases: list[Phas
         train_seconds += logger.train_seconds
     val_loss, val_acc = model.evaluate(val_ds, verbose=0)
     epochs_run = len(history)
+    best = max(history, key=lambda r: r.get("val_accuracy", 0.0)) if history else {}
     return {"history": history, "val_loss": float(val_loss), "val_accuracy": float(val_acc),
-            "epochs_run": epochs_run, "wall_seconds": round(time.perf_counter() - start, 1),
-            "train_images_per_second": round(epochs_run * len(data.x_train) / max(train_seconds, 1e-9), 1),
-            "params": int(model.count_params())}
+            "epochs_run": epochs_run, "best_epoch": int(best.get("epoch", 0)),
+            "params": int(model.count_params()),
+            "timing": {"wall_seconds": round(time.perf_counter() - start, 1),
+                       "train_images_per_second":
+                           round(epochs_run * len(data.x_train) / max(train_seconds, 1e-9), 1)}}
 
 
 def save_model(model: keras.Model, path: Path | str) -> None:
@@ -222,24 +262,28 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
 
 
 def write_outputs(model: keras.Model, result: dict, name: str, model_path: Path,
-                  metrics_path: Path, history_path: Path) -> dict:
-    """Save the model, its metrics JSON and history CSV; log all of it to the active MLflow run."""
+                  metrics_path: Path, history_path: Path, timing_path: Path) -> dict:
+    """Save the model, its metrics JSON, history CSV and timings; log them to the active MLflow run.
+
+    Timings live apart from the metrics: they change on every run, and `dvc metrics diff`
+    should show only what the params changed."""
     import pandas as pd
 
     save_model(model, model_path)
-    metrics = {k: v for k, v in result.items() if k != "history"}
+    metrics = {k: v for k, v in result.items() if k not in ("history", "timing")}
     metrics["model_file_bytes"] = model_path.stat().st_size
     write_json(metrics_path, {"model": name, **metrics})
+    write_json(timing_path, {"model": name, **result["timing"]})
     with atomic_path(history_path) as tmp:
         pd.DataFrame(result["history"]).to_csv(tmp, index=False, float_format="%.6g")
     if mlflow.active_run():
-        mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()})
+        mlflow.log_metrics({f"final_{k}": float(v) for k, v in {**metrics, **result["timing"]}.items()})
         curve = history_path.with_suffix(".png")
         plot_history(result["history"], curve, name)
         mlflow.log_artifact(str(curve))
         curve.unlink()
         log_keras_model(model, np.zeros((2, *model.input_shape[1:]), dtype=np.float32))
-    return metrics
+    return {**metrics, **result["timing"]}
 
 
 def run_training_stage(stage: str, name: str, spec: object, cfg: TrainConfig,
