@@ -139,9 +139,17 @@ def balanced_class_weights(y: np.ndarray, num_classes: int) -> dict[int, float]:
     return {i: float(len(y) / (num_classes * max(c, 1))) for i, c in enumerate(counts)}
 
 
-def make_optimizer(cfg: TrainConfig, learning_rate: float) -> keras.optimizers.Optimizer:
+def uses_ema(cfg: TrainConfig, steps: int) -> bool:
+    """EMA only where a phase runs >= 5 time constants: Keras' average starts at the initial
+    weights with no warm-up, so in a short phase (a 1-epoch head, a tuner trial) it would keep
+    a large share of them."""
+    return cfg.ema_momentum > 0 and steps * (1 - cfg.ema_momentum) >= 5
+
+
+def make_optimizer(cfg: TrainConfig, learning_rate: float,
+                   ema: bool = False) -> keras.optimizers.Optimizer:
     """adam; adamw and sgd (Nesterov, momentum 0.9) with decoupled weight decay; optional EMA."""
-    ema = {"use_ema": True, "ema_momentum": cfg.ema_momentum} if cfg.ema_momentum else {}
+    ema = {"use_ema": True, "ema_momentum": cfg.ema_momentum} if ema else {}
     if cfg.optimizer == "adamw":
         return keras.optimizers.AdamW(learning_rate, weight_decay=cfg.weight_decay, **ema)
     if cfg.optimizer == "sgd":
@@ -191,13 +199,14 @@ def fit(model: keras.Model, data: TrainData, cfg: TrainConfig, phases: list[Phas
             phase.before(model)
         train_ds = make_dataset(data.x_train, data.y_train, k, cfg.batch_size, shuffle_seed=cfg.seed,
                                 mixup_alpha=cfg.mixup_alpha, random_shift=phase.random_shift)
-        model.compile(optimizer=make_optimizer(cfg, phase.learning_rate),
+        ema = uses_ema(cfg, phase.epochs * -(-len(data.x_train) // cfg.batch_size))
+        model.compile(optimizer=make_optimizer(cfg, phase.learning_rate, ema),
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
                       metrics=["accuracy"])
         logger = EpochLogger(phase.name, history, log_to_mlflow)
         # With EMA, swapping first puts the averaged weights in the model for validation and for
         # every callback after it, so early stopping keeps (and restores) averaged weights.
-        swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.ema_momentum else []
+        swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if ema else []
         callbacks = [
             *swap,
             keras.callbacks.EarlyStopping(cfg.selection_metric, patience=cfg.early_stopping_patience,
