@@ -1,13 +1,20 @@
 # Two commands for users: `make run` (install + fetch data + whole pipeline) and `make test`.
-UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+# uv bootstraps into pip's user folder (~/.local/bin on Linux), often not on PATH: the targets call
+# it by its full path, and `make install` says how to reach it when `uv` alone would not work.
+UV ?= $(shell command -v uv 2>/dev/null || echo "$$(python3 -m site --user-base 2>/dev/null || echo $(HOME)/.local)/bin/uv")
 
 .PHONY: install run test smoke ui
 
+# Debian/Ubuntu's Python refuses plain `pip install --user` (PEP 668); a user install of uv is safe.
 $(UV):
-	python3 -m pip install --quiet --user "uv==0.13.*" || python3 -m pip install --quiet "uv==0.13.*"
+	python3 -m pip install --quiet --user "uv==0.13.*" \
+	  || python3 -m pip install --quiet --user --break-system-packages "uv==0.13.*" \
+	  || python3 -m pip install --quiet "uv==0.13.*"
 
 install: $(UV)
 	$(UV) sync --frozen
+	@command -v uv >/dev/null 2>&1 || echo "note: uv is $(UV), which is not on your PATH. Use the make targets, \
+	or $(UV) run <command>, or: export PATH=\"$(patsubst %/,%,$(dir $(UV))):\$$PATH\" (or: source .venv/bin/activate)"
 
 # Pull what the remote has (always the inputs; outputs too once someone pushed them),
 # then build whatever is missing or stale.

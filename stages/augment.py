@@ -1,11 +1,8 @@
 """Stage `augment`: materialise augmented copies of the training split, plus a preview."""
 from pathlib import Path
 
-import mlflow
-
 from ferpipe.augment import AugmentConfig, augment
 from ferpipe.config import load_section, run_main
-from ferpipe.tracking import stage_run
 
 PREPARED = Path("data/prepared")
 OUT_DIR = Path("data/augmented")
@@ -14,6 +11,11 @@ PREVIEW = Path("plots/augment_preview.png")
 
 def main() -> None:
     cfg = load_section("augment", AugmentConfig)
+    # Imported only now: MLflow takes seconds to load, and a params mistake is reported at once.
+    import mlflow
+
+    from ferpipe.tracking import stage_run
+
     with stage_run("augment", vars(cfg), PREPARED):
         counts = augment(cfg, PREPARED, OUT_DIR, PREVIEW)
         mlflow.log_metrics(counts)

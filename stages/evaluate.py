@@ -1,24 +1,31 @@
 """Stage `evaluate`: compare every trained model, pick the champion on validation, register it."""
 from pathlib import Path
 
-import mlflow
-
 from ferpipe.config import load_section, run_main
-from ferpipe.data import load_split
-from ferpipe.evaluate import (SELECTION, EvaluateConfig, choose_champion, evaluate_model, flat_row,
-                              text_report, write_reports)
-from ferpipe.registry import register_champion
-from ferpipe.tracking import data_version, log_keras_model, stage_run
+from ferpipe.params import EvaluateConfig
 
 PREPARED = Path("data/prepared")
 MODELS = Path("models/trained")
 METRICS = Path("metrics/evaluate.json")
 TABLE = Path("metrics/models.csv")
 PLOTS = Path("plots")
+TIMING = Path("reports/timing/evaluate.json")
+GRADCAM = PLOTS / "gradcam.png"
 
 
 def main() -> None:
     cfg = load_section("evaluate", EvaluateConfig)
+    # Imported only now: TensorFlow takes ~10 s to load, and a params mistake is reported at once.
+    import mlflow
+
+    from ferpipe.files import load_split
+    from ferpipe.evaluate import (SELECTION, choose_champion, evaluate_model, flat_row,
+                                  load_candidate, text_report, write_reports)
+    from ferpipe.explain import gradcam_grid
+    from ferpipe.registry import register_champion
+    from ferpipe.serve import log_pyfunc
+    from ferpipe.tracking import data_version, stage_run
+
     x_val, y_val, classes = load_split(PREPARED, "val")
     x_test, y_test, _ = load_split(PREPARED, "test")
     splits = {"val": (x_val, y_val), "test": (x_test, y_test)}
@@ -29,16 +36,18 @@ def main() -> None:
     with stage_run("evaluate", vars(cfg), PREPARED):
         results, rows = {}, {}
         for path in paths:
-            name = path.parent.name
-            results[name] = evaluate_model(path, splits, classes, cfg)
-            rows[name] = row = flat_row(name, results[name])
-            with mlflow.start_run(run_name=f"eval_{name}", nested=True,
-                                  tags={"stage": "evaluate", "model_name": name}):
-                mlflow.log_metrics({k: v for k, v in row.items() if k != "model"})
-            print(f"evaluate: {row}")
+            for name, result in evaluate_model(path, splits, classes, cfg).items():
+                results[name] = result
+                rows[name] = row = flat_row(name, result)
+                with mlflow.start_run(run_name=f"eval_{name}", nested=True,
+                                      tags={"stage": "evaluate", "model_name": result["model"],
+                                            "tta": result["tta"]}):
+                    mlflow.log_metrics({k: v for k, v in row.items() if k not in ("model", "tta")}
+                                       | {"latency_ms": result["latency_ms"]})
+                print(f"evaluate: {row}")
         champion = choose_champion(list(rows.values()), cfg.selection_metric)
         summary = write_reports(results, list(rows.values()), champion, cfg, classes, y_test,
-                                METRICS, TABLE, PLOTS)
+                                METRICS, TABLE, PLOTS, TIMING)
         mlflow.log_metrics({f"champion_{s}_{k}": v for s in ("val", "test")
                             for k, v in summary[s].items() if isinstance(v, float)})
         mlflow.set_tag("champion", champion)
@@ -46,15 +55,16 @@ def main() -> None:
 
         with mlflow.start_run(run_name=f"champion_{champion}", nested=True,
                               tags={"stage": "evaluate", "model_name": champion, "champion": "true"}):
-            import keras
-
             mlflow.log_artifact(str(PLOTS / "champion_confusion.png"))  # drawn by write_reports
             mlflow.log_text(text_report(y_val, results[champion]["val_pred"], classes),
                             "classification_report_val.txt")
             mlflow.log_text(text_report(y_test, results[champion]["test_pred"], classes),
                             "classification_report_test.txt")
-            model = keras.models.load_model(MODELS / champion / "model.keras")
-            info = log_keras_model(model, x_test[:2, ..., None].astype("float32"))
+            model = load_candidate(MODELS, summary["champion_model"], summary["champion_tta"])
+            gradcam_grid(model, x_test, y_test, classes, GRADCAM)
+            mlflow.log_artifact(str(GRADCAM))
+            # Registered as a pyfunc: batches of faces or whole photos (detection inside).
+            info = log_pyfunc(model, classes, example_face=x_test[0])
             value = rows[champion][cfg.selection_metric]
             version, moved = register_champion(info.model_uri, cfg.registered_model_name,
                                                cfg.selection_metric, value,

@@ -1,11 +1,8 @@
 """Stage `prepare`: grayscale 48x48 arrays + manifest + data report from the raw archive."""
 from pathlib import Path
 
-import mlflow
-
 from ferpipe.config import load_section, run_main
 from ferpipe.data import PrepareConfig, prepare
-from ferpipe.tracking import flatten, stage_run
 
 OUT_DIR = Path("data/prepared")
 REPORT = Path("metrics/data.json")
@@ -13,6 +10,11 @@ REPORT = Path("metrics/data.json")
 
 def main() -> None:
     cfg = load_section("prepare", PrepareConfig)
+    # Imported only now: MLflow takes seconds to load, and a params mistake is reported at once.
+    import mlflow
+
+    from ferpipe.tracking import flatten, stage_run
+
     with stage_run("prepare", vars(cfg), cfg.source):
         report = prepare(cfg, OUT_DIR, REPORT)
         metrics = {"kept": report["kept"], "duplicate_groups": report["duplicate_groups"],
@@ -22,6 +24,9 @@ def main() -> None:
         mlflow.log_artifact(str(REPORT))
         mlflow.log_artifact(str(OUT_DIR / "manifest.csv"))
     print(f"prepare: kept {report['kept']} images; counts {report['counts']}")
+    reasons = ", ".join(f"{n} {reason}" for reason, n in report["skipped_by_reason"].items())
+    print(f"prepare: skipped {report['skipped_count']} files"
+          + (f" ({reasons}), listed in {REPORT}" if reasons else ""))
 
 
 if __name__ == "__main__":

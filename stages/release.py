@@ -2,14 +2,11 @@
 import json
 from pathlib import Path
 
-import mlflow
-
 from ferpipe.config import load_section, read_params, run_main
-from ferpipe.data import load_split
-from ferpipe.release import ReleaseConfig, export, model_card, write_card
-from ferpipe.tracking import data_version, git_state, stage_run
+from ferpipe.params import ReleaseConfig
 
 EVALUATION = Path("metrics/evaluate.json")
+TIMING = Path("reports/timing/evaluate.json")
 OUT_DIR = Path("models/release")
 
 
@@ -25,16 +22,25 @@ def champion_params(name: str) -> dict:
 
 def main() -> None:
     cfg = load_section("release", ReleaseConfig)
+    # Imported only now: TensorFlow takes ~10 s to load, and a params mistake is reported at once.
+    import mlflow
+
+    from ferpipe.files import load_split
+    from ferpipe.release import export, model_card, write_card
+    from ferpipe.tracking import data_version, git_state, stage_run
+
     evaluation = json.loads(EVALUATION.read_text())
-    name = evaluation["champion"]
+    name, model_name = evaluation["champion"], evaluation["champion_model"]
+    latency_ms = json.loads(TIMING.read_text())["latency_ms_single_image"][name]
     x_test, y_test, classes = load_split("data/prepared", "test")
     with stage_run("release", vars(cfg), "data/prepared", tags={"model_name": name}):
-        exported = export(Path("models/trained") / name / "model.keras", OUT_DIR, x_test, y_test, cfg)
+        exported = export(Path("models/trained") / model_name / "model.keras", OUT_DIR, x_test,
+                          y_test, cfg, tta=evaluation["champion_tta"])
         commit, dirty = git_state()
         data = {"data/raw": data_version(read_params()["prepare"]["source"]),
                 "data/prepared": data_version("data/prepared")}
         markdown, card = model_card(name, classes, evaluation, exported, data,
-                                    champion_params(name), commit, dirty)
+                                    champion_params(model_name), commit, dirty, latency_ms)
         write_card(OUT_DIR, markdown, card)
         mlflow.log_metrics({"release_megabytes": exported["megabytes"]})
         mlflow.log_artifacts(str(OUT_DIR), "release")

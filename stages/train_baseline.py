@@ -2,14 +2,16 @@
 import sys
 
 from ferpipe.config import load_entry, load_section, run_main
-from ferpipe.models import CNNSpec, build_cnn
-from ferpipe.train import Phase, TrainConfig, run_training_stage
+from ferpipe.params import CNNSpec, TrainConfig
 
 
 def main() -> None:
     name = sys.argv[1] if len(sys.argv) > 1 else ""
     spec = load_entry("baselines", name, CNNSpec)
     cfg = load_section("train", TrainConfig)
+    # Imported only now: TensorFlow takes ~10 s to load, and a params mistake is reported at once.
+    from ferpipe.models import build_cnn
+    from ferpipe.train import Phase, run_training_stage
 
     def build(num_classes: int):
         model = build_cnn(spec, num_classes, name=name)

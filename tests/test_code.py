@@ -71,7 +71,8 @@ def test_stage_exits_nonzero_with_one_line_error(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         "error: params.yaml:prepare: unknown key 'colour' (allowed: source, classes, image_px, "
-        "val_fraction, test_fraction, blank_std_threshold, skip_corrupt, seed)"]
+        "val_fraction, test_fraction, blank_std_threshold, skip_corrupt, seed, max_entry_megabytes, "
+        "max_total_megabytes, max_image_megapixels)"]
 
 
 def test_missing_input_marks_mlflow_run_failed(tmp_path):
@@ -139,3 +140,9 @@ def test_ece_and_champion_selection():
     assert choose_champion(rows, "val_log_loss") == "a"
     with pytest.raises(ValueError, match="validation"):
         choose_champion(rows, "test_accuracy")
+    # A test-time variant is chosen only where it is better on validation, not on a tie.
+    tied = [{"model": "b+flip", "tta": "flip", "val_accuracy": 0.85, "params": 10},
+            {"model": "b", "tta": "none", "val_accuracy": 0.85, "params": 10}]
+    assert choose_champion(tied, "val_accuracy") == "b"
+    tied[0]["val_accuracy"] = 0.86
+    assert choose_champion(tied, "val_accuracy") == "b+flip"

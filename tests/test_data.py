@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from ferpipe.augment import AugmentConfig, augment, augment_split
-from ferpipe.data import PrepareConfig, load_split, prepare
+from ferpipe.data import PrepareConfig, prepare
+from ferpipe.files import load_split
 from ferpipe.tiny import make_archive, synthetic_image
 
 CLASSES = ["happy", "neutral", "sad", "surprise"]

@@ -132,14 +132,50 @@ def test_missing_weights_file_says_where_to_put_it():
         resolve_weights("data/weights/nowhere.h5")
 
 
-def test_tuner_hypermodel_builds_every_depth():
+def test_tuner_builds_the_baselines_architecture_with_each_recipe():
     import keras_tuner as kt
 
     from ferpipe.tune import CNNHyperModel, TuneConfig
-    hypermodel = CNNHyperModel(TuneConfig(), TrainConfig(), num_classes=4)
-    for depth in TuneConfig().space.depth:
+    base = CNN_SPECS["vgg"]
+    hypermodel = CNNHyperModel(TuneConfig(), TrainConfig(), base, num_classes=4)
+    reference = build_cnn(base, 4)
+    for shift in (0.0, 0.15):
         hp = kt.HyperParameters()
-        hp.Fixed("depth", depth)
+        hp.Fixed("random_shift", shift)
         model = hypermodel.build(hp)
-        assert model.output_shape == (None, 4)
-        assert sum(isinstance(layer, keras.layers.MaxPooling2D) for layer in model.layers) == depth
+        assert [type(layer) for layer in model.layers] == [type(layer) for layer in reference.layers]
+        assert model.count_params() == reference.count_params()
+        spec, optimizer = hypermodel.spec(hp, epochs=3)
+        assert spec.random_shift == shift and spec.filters == base.filters and optimizer == "adam"
+
+
+def test_selection_follows_val_accuracy_with_ema_shifts_and_mixup_byte_for_byte(tmp_path):
+    """The recipe the champion trains with: the kept weights are the best epoch by validation
+    accuracy (EMA weights), and two runs save the very same bytes."""
+    cfg = TrainConfig(batch_size=16, ema_momentum=0.9, mixup_alpha=0.2, label_smoothing=0.1,
+                      early_stopping_patience=2)
+    files, results = [], []
+    for run in range(2):
+        keras.backend.clear_session()  # layer names restart, as in a fresh stage process
+        set_determinism(3)
+        model = build_cnn(CNN_SPECS["bn_gap"], 4)
+        results.append(fit(model, toy_data(), cfg, [Phase("t", 7, 3e-3, random_shift=0.1)],
+                           log_to_mlflow=False))
+        save_model(model, tmp_path / f"{run}.keras")
+        files.append((tmp_path / f"{run}.keras").read_bytes())
+    assert files[0] == files[1]
+    history = results[0]["history"]
+    best = max(history, key=lambda row: row["val_accuracy"])
+    assert results[0]["val_accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-6)
+    assert results[0]["best_epoch"] == best["epoch"]
+
+
+def test_flip_tta_is_the_mean_over_the_mirror_and_loads_with_plain_keras(tmp_path):
+    from ferpipe.models import with_flip_tta
+
+    model = build_cnn(CNN_SPECS["vgg"], 4)
+    x = toy_data().x_val[:6].astype("float32")
+    expected = (model(x).numpy() + model(x[:, :, ::-1]).numpy()) / 2
+    save_model(with_flip_tta(model), tmp_path / "tta.keras")
+    loaded = keras.models.load_model(tmp_path / "tta.keras")
+    np.testing.assert_allclose(loaded(x).numpy(), expected, rtol=1e-5, atol=1e-6)

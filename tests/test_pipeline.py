@@ -5,6 +5,7 @@ import sys
 import keras
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -62,7 +63,9 @@ def test_mlflow_holds_one_finished_run_per_stage_with_params_and_metrics(tiny_pr
     assert champion.tags["model_name"] == json.loads(
         (tiny_project / "metrics/evaluate.json").read_text())["champion"]
     served = mlflow.pyfunc.load_model(f"models:/fer-emotion@champion")
-    assert np.asarray(served.predict(np.zeros((2, 48, 48, 1), "float32"))).shape == (2, 4)
+    out = served.predict(pd.DataFrame({"face": [np.zeros((48, 48), int).tolist()] * 2}))
+    classes = yaml.safe_load((tiny_project / "params.yaml").read_text())["prepare"]["classes"]
+    assert len(out) == 2 and set(out[0]["faces"][0]["probabilities"]) == set(classes)
 
 
 def test_second_repro_does_nothing(tiny_project):

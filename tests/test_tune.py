@@ -131,5 +131,21 @@ def test_hyperband_best_hyperparameters_hold_only_the_searched_space(tmp_path):
     assert proc.returncode == 0, output[-3000:]
     best = json.loads((cwd / "models/trained/tuned/best_hyperparameters.json").read_text())
     space = yaml.safe_load((cwd / "params.yaml").read_text())["tune"]["space"]
-    assert set(best) == {"search_id", *space}  # no Hyperband "tuner/*" bookkeeping
-    assert best["optimizer"] in space["optimizer"] and best["depth"] in space["depth"]
+    assert set(best) == {"search_id", "baseline", *space}  # no Hyperband "tuner/*" bookkeeping
+    assert best["optimizer"] in [*space["optimizer"], "adam"]  # searched, or the baseline's own
+
+
+def test_first_trial_is_the_baselines_own_recipe(tmp_path):
+    cwd = workdir(tmp_path, algorithm="random", max_trials=2, max_epochs=1, search_train_images=200)
+    proc = start_tune(cwd)
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output[-3000:]
+    params = yaml.safe_load((cwd / "params.yaml").read_text())
+    base = params["baselines"][params["tune"]["baseline"]]
+    first = min(trial_files(cwd).values(), key=lambda t: t["trial_id"])["hyperparameters"]["values"]
+    assert first == {"learning_rate": base.get("learning_rate", 0.001),
+                     "dropout": base.get("dense_dropout", 0.0),
+                     "random_shift": base.get("random_shift", 0.0),
+                     "optimizer": params["train"]["optimizer"]}
+    summary = json.loads((cwd / "metrics/tune.json").read_text())
+    assert summary["baseline_search_score"] is not None

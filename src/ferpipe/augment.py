@@ -3,34 +3,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from scipy import ndimage
 
-from ferpipe.data import load_split
-from ferpipe.files import atomic_path, write_npz
+from ferpipe.config import Range
+from ferpipe.files import atomic_path, load_split, write_npz
+from ferpipe.params import Fraction, Seed
 
 
 @dataclass
 class AugmentConfig:
-    copies: int = 2  # augmented copies per training image, added beside the original
-    brightness: float = 0.3  # factor drawn from [1 - b, 1 + b]
-    flip_prob: float = 0.5
-    shear: float = 0.3  # radians, as Keras' shear_range
-    rotation_deg: float = 10.0
-    zoom: float = 0.1
-    shift: float = 0.1  # fraction of the image side
-    seed: int = 42
-    preview_images: int = 8
-
-    def validate(self) -> None:
-        if not 0 <= self.copies <= 20:
-            raise ValueError(f"copies must be in 0..20, got {self.copies}")
-        if not 0 <= self.flip_prob <= 1:
-            raise ValueError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
-        for name in ("brightness", "zoom", "shift"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+    # Ranges are declared beside the fields (checked by ferpipe.config when params are loaded).
+    copies: Annotated[int, Range(0, 20)] = 2  # augmented copies per training image, beside the original
+    brightness: Fraction = 0.3  # factor drawn from [1 - b, 1 + b]
+    flip_prob: Annotated[float, Range(0, 1)] = 0.5
+    shear: Annotated[float, Range(0, 1)] = 0.3  # radians, as Keras' shear_range (1 rad is 57 degrees)
+    rotation_deg: Annotated[float, Range(0, 180)] = 10.0
+    zoom: Fraction = 0.1
+    shift: Fraction = 0.1  # fraction of the image side
+    seed: Seed = 42
+    preview_images: Annotated[int, Range(1, 64)] = 8  # rows of plots/augment_preview.png
 
 
 def augment_image(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Load one section of params.yaml into a typed, validated dataclass.
 
 Config flows one way: params.yaml -> dataclass (validated here, once) -> plain
-function arguments. Each library module declares the dataclass for its own section.
+function arguments. The dataclasses live in ferpipe.params (those of modules that import
+TensorFlow, so params are checked before it loads) or beside their TF-free module (data,
+augment); each field declares its type, and numbers their `Range`, here checked on load.
 """
 from __future__ import annotations
 
@@ -22,18 +24,78 @@ class ConfigError(ValueError):
     """A params value or key is wrong; the message names the key and the file."""
 
 
+def _num(x: float) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A numeric param's allowed interval, declared beside its field.
+
+    `learning_rate: Annotated[float, Range(0, 1, min_open=True)]` allows (0, 1]; None is
+    unbounded on that side."""
+    min: float | None = None
+    max: float | None = None
+    min_open: bool = False
+    max_open: bool = False
+
+    def __str__(self) -> str:
+        low = "-inf" if self.min is None else _num(self.min)
+        high = "inf" if self.max is None else _num(self.max)
+        left = "(" if self.min_open or self.min is None else "["
+        right = ")" if self.max_open or self.max is None else "]"
+        return f"{left}{low}, {high}{right}"
+
+    def check(self, value: float, where: str) -> None:
+        low_ok = self.min is None or (value > self.min if self.min_open else value >= self.min)
+        high_ok = self.max is None or (value < self.max if self.max_open else value <= self.max)
+        if not (low_ok and high_ok):  # NaN fails both
+            raise ConfigError(f"{where}: {value!r} is out of range {self}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Length:
+    """How many items a list param (or characters a string param) may have."""
+    min: int = 1
+    max: int | None = None
+    meaning: str = ""  # e.g. "[min, max]", shown in the error
+
+    def check(self, value: Any, where: str) -> None:
+        if len(value) >= self.min and (self.max is None or len(value) <= self.max):
+            return
+        if isinstance(value, str) or (self.min == 1 and self.max is None):
+            raise ConfigError(f"{where}: must not be empty, got {value!r}")
+        if self.max == self.min:
+            count = f"exactly {self.min}"
+        else:
+            count = f"{self.min} to {self.max}" if self.max is not None else f"at least {self.min}"
+        meaning = f" {self.meaning}" if self.meaning else ""
+        raise ConfigError(f"{where}: expected {count} values{meaning}, got {value!r}")
+
+
+NON_EMPTY = Length(1)
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if origin is typing.Annotated:  # a type plus its declared rules (Range, Length)
+        value = _coerce(value, args[0], where)
+        for rule in hint.__metadata__:
+            if hasattr(rule, "check"):
+                rule.check(value, where)
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
     if origin is typing.Literal:
-        if value not in args:
+        # `True in (1, 3)` holds in Python; a yes/no is not a kernel size.
+        is_bool = isinstance(value, bool) and not any(isinstance(a, bool) for a in args)
+        if is_bool or value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
-        return value
+        return args[args.index(value)]
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -58,14 +120,21 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return value
     if hint is str and isinstance(value, str):
         return value
-    raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+    hint_text = ""
+    if hint is float and isinstance(value, str):
+        try:
+            float(value)
+            hint_text = f" (YAML reads {value} as text: write it with a dot, e.g. 1.0e-5)"
+        except ValueError:
+            pass
+    raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}{hint_text}")
 
 
 def from_dict(cls: type[T], raw: Any, where: str) -> T:
     """Build dataclass `cls` from a mapping, refusing unknown keys and bad types."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
@@ -93,7 +162,10 @@ def read_params(path: Path | str = PARAMS_FILE) -> dict:
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML{at}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data

@@ -2,29 +2,35 @@
 from __future__ import annotations
 
 import hashlib
-import io
-import zipfile
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Iterator
+from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from PIL import Image, UnidentifiedImageError
-from sklearn.model_selection import train_test_split
 
-from ferpipe.files import atomic_path, load_npz, write_json, write_npz
+from ferpipe.files import atomic_path, write_json, write_npz
+# Re-exported: the readers moved to ferpipe.images, and callers still import them from here.
+from ferpipe.images import (ENTRY_REASONS, IMAGE_SUFFIXES, LAYOUTS, MB, MP, SPLIT_ALIASES,  # noqa: F401
+                            DataError, EntryError, ReadLimits, Skipped, content_hash, decode,
+                            iter_images, one_line)
 
 SPLITS = ("train", "val", "test")
-# Folder names accepted for each split: the study's layout says "validation".
-SPLIT_ALIASES = {"train": "train", "validation": "val", "val": "val", "test": "test"}
-DROP_REASONS = ("undecodable", "near_blank", "conflicting_label_duplicates", "duplicate_copies")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+DROP_REASONS = (*ENTRY_REASONS, "near_blank", "conflicting_label_duplicates", "duplicate_copies")
+SKIPPED_LISTED = 100  # names listed in the report; the count covers all
 
 
 @dataclass
 class PrepareConfig:
+    """Params of `prepare`.
+
+    Images are converted to 8-bit grayscale. One that is not image_px x image_px is cut to
+    its centred square (face crops are centred, so this keeps the face and its aspect ratio
+    instead of squashing it), then resized: area-averaged when shrinking, bicubic when
+    enlarging. image_px x image_px images pass unchanged; 16-bit grayscale is scaled to 8 bits.
+    The max_* limits are checked before an entry is read (its size in the archive) and
+    before an image is decoded (the size in its header)."""
+
     source: str
     classes: list[str] = field(default_factory=lambda: ["happy", "neutral", "sad", "surprise"])
     image_px: int = 48
@@ -33,15 +39,28 @@ class PrepareConfig:
     blank_std_threshold: float = 2.0
     skip_corrupt: bool = False
     seed: int = 42
+    max_entry_megabytes: float = 50.0
+    max_total_megabytes: float = 4096.0
+    max_image_megapixels: float = 25.0
 
     def validate(self) -> None:
-        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"classes must be 2 or more distinct names, got {self.classes}")
+        if not self.source.strip():
+            raise ValueError("source must name a zip archive or a folder, got ''")
+        if len(self.classes) < 2 or len({c.lower() for c in self.classes}) != len(self.classes):
+            raise ValueError(f"classes must be 2 or more distinct names (case-insensitive, as "
+                             f"folder names are), got {self.classes}")
         if not 8 <= self.image_px <= 512:
             raise ValueError(f"image_px must be in 8..512, got {self.image_px}")
         for name in ("val_fraction", "test_fraction"):
             if not 0.0 < getattr(self, name) < 0.5:
                 raise ValueError(f"{name} must be in (0, 0.5), got {getattr(self, name)}")
+        for name in ("max_entry_megabytes", "max_total_megabytes", "max_image_megapixels"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+    def limits(self) -> ReadLimits:
+        return ReadLimits(int(self.max_entry_megabytes * MB), int(self.max_total_megabytes * MB),
+                          int(self.max_image_megapixels * MP))
 
 
 @dataclass
@@ -53,78 +72,41 @@ class Sample:
     pixel_hash: str
 
 
-def _entry_split_class(name: str) -> tuple[str, str] | None:
-    """Map 'root/.../<split>/<class>/<file>' to (split, class); None for other entries."""
-    parts = PurePosixPath(name).parts
-    if len(parts) < 3 or PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES:
-        return None
-    if any(p.startswith(".") or p == "__MACOSX" for p in parts):
-        return None
-    split = SPLIT_ALIASES.get(parts[-3].lower())
-    return (split, parts[-2].lower()) if split else None
-
-
-def _check_entry_safe(archive: Path, name: str) -> None:
-    path = PurePosixPath(name.replace("\\", "/"))
-    if path.is_absolute() or ".." in path.parts or (len(name) > 1 and name[1] == ":"):
-        raise ValueError(f"{archive}: refusing archive entry '{name}' that escapes the target folder")
-
-
-def iter_images(source: Path) -> Iterator[tuple[str, str, str, bytes]]:
-    """Yield (source name, split, class, raw bytes) from a zip archive or a folder."""
-    if source.is_dir():
-        for path in sorted(source.rglob("*")):
-            rel = path.relative_to(source).as_posix()
-            key = _entry_split_class(rel) if path.is_file() else None
-            if key:
-                yield rel, key[0], key[1], path.read_bytes()
-    elif zipfile.is_zipfile(source):
-        with zipfile.ZipFile(source) as archive:
-            names = sorted(info.filename for info in archive.infolist() if not info.is_dir())
-            for name in names:
-                _check_entry_safe(source, name)
-            for name in names:
-                key = _entry_split_class(name)
-                if key:
-                    yield name, key[0], key[1], archive.read(name)
-    elif source.exists():
-        raise ValueError(f"{source}: not a zip archive or a folder")
-    else:
-        raise FileNotFoundError(f"{source}: input data not found (run `dvc pull`?)")
-
-
-def decode(raw: bytes, image_px: int) -> np.ndarray:
-    """Any image -> 8-bit grayscale image_px x image_px array."""
-    with Image.open(io.BytesIO(raw)) as image:
-        image = image.convert("L")
-        if image.size != (image_px, image_px):
-            image = image.resize((image_px, image_px), Image.Resampling.LANCZOS)
-        return np.asarray(image, dtype=np.uint8)
-
-
 def load_samples(cfg: PrepareConfig, report: dict) -> list[Sample]:
     """Decode every image, all classes (duplicates are judged across all); count drops."""
-    samples, seen_classes = [], Counter()
-    dropped = report["dropped"]
-    for name, split, cls, raw in iter_images(Path(cfg.source)):
+    samples, seen_classes, skipped = [], Counter(), []
+    limits = cfg.limits()
+    kind = "file" if Path(cfg.source).is_dir() else "entry"
+    images = iter_images(Path(cfg.source), limits=limits, skip_corrupt=cfg.skip_corrupt, skipped=skipped)
+    # Reading FER2013 takes ~25 s: a bar in a terminal; none in logs or pipes (disable=None).
+    from tqdm import tqdm
+
+    for name, split, cls, raw in tqdm(images, desc=f"prepare: reading {cfg.source}", unit=" images",
+                                      disable=None, mininterval=0.5):
         seen_classes[cls] += 1
         try:
-            pixels = decode(raw, cfg.image_px)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            pixels = decode(raw, cfg.image_px, max_pixels=limits.image_pixels)
+        except EntryError as err:
             if not cfg.skip_corrupt:
-                raise ValueError(f"{cfg.source}: cannot decode image '{name}' ({err}); "
-                                 "set prepare.skip_corrupt: true to skip such files") from None
-            dropped["undecodable"] += 1
+                raise err.at(f"{cfg.source}: {kind} {name!r}") from None
+            skipped.append(Skipped(name, err.reason, err.detail))
             continue
         if pixels.std() < cfg.blank_std_threshold:
-            dropped["near_blank"] += 1
+            report["dropped"]["near_blank"] += 1
             continue
         samples.append(Sample(name, cls, split, pixels, hashlib.sha1(pixels.tobytes()).hexdigest()))
     missing = [c for c in cfg.classes if seen_classes[c.lower()] == 0]
     if missing:
-        raise ValueError(f"{cfg.source}: no images for class(es) {missing}; found {sorted(seen_classes)}")
+        raise DataError(f"{cfg.source}: no images for class(es) {missing}; found "
+                        f"{sorted(seen_classes)}; expected {LAYOUTS}")
+    for item in skipped:
+        if item.reason in ENTRY_REASONS:
+            report["dropped"][item.reason] += 1
     report["input_files"] = sum(seen_classes.values())
     report["input_files_by_class"] = dict(sorted(seen_classes.items()))
+    report["skipped_count"] = len(skipped)
+    report["skipped_by_reason"] = dict(sorted(Counter(s.reason for s in skipped).items()))
+    report["skipped"] = [s._asdict() for s in skipped[:SKIPPED_LISTED]]
     return samples
 
 
@@ -153,13 +135,26 @@ def deduplicate(samples: list[Sample], report: dict) -> list[Sample]:
 def assign_splits(samples: list[Sample], cfg: PrepareConfig) -> None:
     """Fill in missing val/test splits with stratified, seeded draws from train."""
     given = {s.split for s in samples}
+    if "train" not in given:
+        raise DataError(f"{cfg.source}: no training images after cleaning; expected {LAYOUTS}")
     for split, fraction in (("test", cfg.test_fraction), ("val", cfg.val_fraction)):
         if split in given:
             continue
         pool = [i for i, s in enumerate(samples) if s.split == "train"]
         share = fraction if split == "test" else fraction / (1.0 - (0.0 if "test" in given else cfg.test_fraction))
-        _, picked = train_test_split(pool, test_size=share, random_state=cfg.seed,
-                                     stratify=[samples[i].label for i in pool])
+        labels = [samples[i].label for i in pool]
+        # Each class must give the split at least one image and keep one: say which falls short
+        # (scikit-learn would only name the total).
+        need = max(2, math.ceil(1.0 / share - 1e-9))
+        count, cls = min((n, c) for c, n in Counter(labels).items())
+        if count < need:
+            raise DataError(f"{cfg.source}: class '{cls}' has {count} training images after "
+                            f"cleaning; drawing the {split} split with prepare.{split}_fraction="
+                            f"{fraction:g} needs at least {need} per class; add images or raise "
+                            f"prepare.{split}_fraction")
+        from sklearn.model_selection import train_test_split  # slow import: not before params are checked
+
+        _, picked = train_test_split(pool, test_size=share, random_state=cfg.seed, stratify=labels)
         for i in picked:
             samples[i].split = split
 
@@ -180,12 +175,14 @@ def prepare(cfg: PrepareConfig, out_dir: Path, report_path: Path) -> dict:
     for split in SPLITS:
         part = [s for s in samples if s.split == split]
         if not part:
-            raise ValueError(f"{cfg.source}: split '{split}' is empty after cleaning")
+            raise DataError(f"{cfg.source}: split '{split}' is empty after cleaning")
         write_npz(out_dir / f"{split}.npz", x=np.stack([s.pixels for s in part]),
                   y=np.array([wanted.index(s.label) for s in part], dtype=np.int64),
                   classes=np.array(cfg.classes))
         per_class = Counter(s.label for s in part)
         counts[split] = {"total": len(part), **{c: per_class[c.lower()] for c in cfg.classes}}
+    import pandas as pd  # slow import: not before params are checked
+
     manifest = pd.DataFrame({"source": [s.source for s in samples],
                              "label": [cfg.classes[wanted.index(s.label)] for s in samples],
                              "split": [s.split for s in samples],
@@ -197,9 +194,3 @@ def prepare(cfg: PrepareConfig, out_dir: Path, report_path: Path) -> dict:
     report["counts"] = counts
     write_json(report_path, report)
     return report
-
-
-def load_split(data_dir: Path | str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(x uint8 [N, H, W], y int64 [N], class names) of a prepared or augmented split."""
-    arrays = load_npz(Path(data_dir) / f"{split}.npz")
-    return arrays["x"], arrays["y"], [str(c) for c in arrays["classes"]]

@@ -1,13 +1,8 @@
 """Stage `evaluate`: score every trained model on val and test; choose the champion on val."""
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -15,21 +10,10 @@ import tensorflow as tf  # noqa: E402
 from sklearn.metrics import (accuracy_score, classification_report, confusion_matrix,  # noqa: E402
                              f1_score, log_loss)
 
+from ferpipe.params import EvaluateConfig  # noqa: E402,F401 (declared TF-free, see ferpipe.params)
+
 # Selection metrics and whether larger is better.
 SELECTION = {"val_accuracy": True, "val_macro_f1": True, "val_log_loss": False}
-
-
-@dataclass
-class EvaluateConfig:
-    selection_metric: Literal["val_accuracy", "val_macro_f1", "val_log_loss"] = "val_accuracy"
-    ece_bins: int = 15
-    latency_calls: int = 200
-    batch_size: int = 256
-    registered_model_name: str = "fer-emotion"
-
-    def validate(self) -> None:
-        if self.ece_bins < 2 or self.latency_calls < 1 or self.batch_size < 1:
-            raise ValueError("ece_bins must be >= 2; latency_calls and batch_size >= 1")
 
 
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
@@ -79,37 +63,56 @@ def split_metrics(probs: np.ndarray, y: np.ndarray, classes: list[str], ece_bins
 
 
 def evaluate_model(path: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str],
-                   cfg: EvaluateConfig) -> dict:
-    """All figures for one saved model, plus its test predictions for the confusion plot."""
-    model = keras.models.load_model(path)
-    result: dict = {}
-    for split, (x, y) in splits.items():
-        probs = predict_probs(model, x, cfg.batch_size)
-        result[split] = split_metrics(probs, y, classes, cfg.ece_bins)
-        result[f"{split}_pred"] = probs.argmax(axis=1)
-    result["latency_ms"] = single_image_latency_ms(model, splits["test"][0][0], cfg.latency_calls)
-    result["params"] = int(model.count_params())
-    result["file_bytes"] = path.stat().st_size
-    return result
+                   cfg: EvaluateConfig) -> dict[str, dict]:
+    """All figures for one saved model under each test-time variant in `cfg.tta`, keyed by
+    candidate name (`vgg_bn`, `vgg_bn+flip`), plus test predictions for the confusion plots."""
+    from ferpipe.models import with_flip_tta
+
+    base = keras.models.load_model(path)
+    candidates = {}
+    for tta in cfg.tta:
+        model = base if tta == "none" else with_flip_tta(base)
+        result: dict = {"model": path.parent.name, "tta": tta}
+        for split, (x, y) in splits.items():
+            probs = predict_probs(model, x, cfg.batch_size)
+            result[split] = split_metrics(probs, y, classes, cfg.ece_bins)
+            result[f"{split}_pred"] = probs.argmax(axis=1)
+        result["latency_ms"] = single_image_latency_ms(model, splits["test"][0][0], cfg.latency_calls)
+        result["params"] = int(base.count_params())
+        result["file_bytes"] = path.stat().st_size
+        candidates[candidate_name(path.parent.name, tta)] = result
+    return candidates
+
+
+def candidate_name(model: str, tta: str) -> str:
+    return model if tta == "none" else f"{model}+{tta}"
+
+
+def load_candidate(models_dir: Path, model: str, tta: str) -> keras.Model:
+    """A trained model as evaluated: with its test-time variant built in as layers."""
+    from ferpipe.models import with_flip_tta
+
+    base = keras.models.load_model(Path(models_dir) / model / "model.keras")
+    return with_flip_tta(base) if tta == "flip" else base
 
 
 def flat_row(name: str, result: dict) -> dict:
-    """One row of the comparison table."""
-    row = {"model": name}
+    """One row of the comparison table: reproducible numbers only (latency is in the timing report)."""
+    row = {"model": name, "tta": result["tta"]}
     for split in ("val", "test"):
         for key in ("accuracy", "macro_f1", "log_loss", "ece"):
             row[f"{split}_{key}"] = round(result[split][key], 4)
-    row.update(latency_ms=round(result["latency_ms"], 3), params=result["params"],
-               file_mb=round(result["file_bytes"] / 1e6, 2))
+    row.update(params=result["params"], file_mb=round(result["file_bytes"] / 1e6, 2))
     return row
 
 
 def choose_champion(rows: list[dict], metric: str) -> str:
-    """Best model by a validation metric (ties: fewer parameters). Never looks at test."""
+    """Best candidate by a validation metric. Never looks at test. Ties go to fewer parameters,
+    then to no test-time augmentation: a variant that costs twice the compute must earn it."""
     if not metric.startswith("val_"):
         raise ValueError(f"champion must be chosen on validation data, got '{metric}'")
     sign = 1 if SELECTION[metric] else -1
-    return max(rows, key=lambda r: (sign * r[metric], -r["params"]))["model"]
+    return max(rows, key=lambda r: (sign * r[metric], -r["params"], r.get("tta", "none") == "none"))["model"]
 
 
 def confusion_rows(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> list[dict]:
@@ -144,7 +147,7 @@ def text_report(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> str:
 
 def write_reports(results: dict[str, dict], rows: list[dict], champion: str, cfg: EvaluateConfig,
                   classes: list[str], y_test: np.ndarray, metrics_path: Path, table_path: Path,
-                  plots_dir: Path) -> dict:
+                  plots_dir: Path, timing_path: Path) -> dict:
     """metrics/evaluate.json, metrics/models.csv, per-model confusion data, accuracy bars, and the
     table and champion confusion PNGs; `rows` are the `flat_row`s of `results`."""
     import pandas as pd
@@ -165,14 +168,18 @@ def write_reports(results: dict[str, dict], rows: list[dict], champion: str, cfg
     best = results[champion]
     summary = {
         "champion": champion,
+        "champion_model": best["model"],
+        "champion_tta": best["tta"],
         "selection_metric": cfg.selection_metric,
         "val": dict(best["val"]),
         "test": dict(best["test"]),
-        "latency_ms": round(best["latency_ms"], 3),
         "params": best["params"],
         "models": {r["model"]: {k: v for k, v in r.items() if k != "model"} for r in rows},
     }
     write_json(metrics_path, summary)
+    # Wall-clock numbers change on every run; kept apart so `dvc metrics diff` shows only results.
+    write_json(timing_path, {"champion": champion, "latency_ms_single_image": {
+        name: round(result["latency_ms"], 3) for name, result in results.items()}})
     return summary
 
 
@@ -183,7 +190,7 @@ def table_png(rows: list[dict], champion: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     columns = ["model", "val_accuracy", "val_macro_f1", "val_ece", "test_accuracy", "test_macro_f1",
-               "latency_ms", "params", "file_mb"]
+               "params", "file_mb"]
     ordered = sorted(rows, key=lambda r: -r["val_accuracy"])
     cells = [[f"{r[c]:,}" if c == "params" else str(r[c]) for c in columns] for r in ordered]
     fig, ax = plt.subplots(figsize=(12, 0.45 * len(rows) + 0.8))

@@ -45,3 +45,9 @@ def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+def load_split(data_dir: Path | str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(x uint8 [N, H, W], y int64 [N], class names) of a prepared or augmented split."""
+    arrays = load_npz(Path(data_dir) / f"{split}.npz")
+    return arrays["x"], arrays["y"], [str(c) for c in arrays["classes"]]

@@ -6,13 +6,14 @@ so a saved file loads with plain `keras.models.load_model`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import keras
 import numpy as np
 from keras import layers
+
+# Declared TF-free, so stages check params before importing TensorFlow; re-exported here.
+from ferpipe.params import ALPHA_BACKBONES, CNNSpec, TransferSpec  # noqa: F401
 
 # Per-backbone constructor and how its own `preprocess_input` maps 0..255 RGB:
 # "tf" -> [-1, 1]; "caffe" -> BGR minus ImageNet means; "torch" -> ImageNet mean/std;
@@ -24,63 +25,6 @@ BACKBONES = {
     "resnet50_v2": (keras.applications.ResNet50V2, "tf"),
     "efficientnet_b0": (keras.applications.EfficientNetB0, "none"),
 }
-ALPHA_BACKBONES = {"mobilenet", "mobilenet_v2"}
-
-
-@dataclass
-class CNNSpec:
-    """A hand-built CNN: conv blocks, each followed by max-pooling, then a dense head."""
-    filters: list[int]
-    convs_per_block: int = 1
-    kernel: int = 3
-    activation: Literal["relu", "leaky_relu", "elu"] = "relu"
-    batch_norm: bool = False
-    block_dropout: float = 0.0
-    head: Literal["flatten", "gap"] = "flatten"
-    dense_units: list[int] = field(default_factory=lambda: [128])
-    dense_dropout: float = 0.0
-    l2: float = 0.0
-    # Random shifts of up to this fraction of the side, drawn afresh for every training image
-    # by the trainer's input pipeline (not a model layer: Keras 3 image layers default to
-    # training=True, so one inside the model would shift at inference under a plain call). 0: off.
-    random_shift: float = 0.0
-    epochs: int = 20
-    learning_rate: float = 1e-3
-
-    def validate(self) -> None:
-        if not self.filters or any(f < 1 for f in self.filters):
-            raise ValueError(f"filters must be a non-empty list of positive ints, got {self.filters}")
-        for name in ("block_dropout", "dense_dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.kernel not in (1, 3, 5, 7):
-            raise ValueError(f"kernel must be 1, 3, 5 or 7, got {self.kernel}")
-        if not 0 <= self.random_shift < 0.5:
-            raise ValueError(f"random_shift must be in [0, 0.5), got {self.random_shift}")
-
-
-@dataclass
-class TransferSpec:
-    """An ImageNet backbone with a new head; trained head-first, then fine-tuned."""
-    backbone: str
-    weights: str  # a local .h5 file, or "imagenet" to download where a network exists
-    alpha: float = 1.0
-    input_px: int = 96
-    dense_units: int = 128
-    dropout: float = 0.3
-    head_epochs: int = 3
-    head_learning_rate: float = 1e-3
-    finetune_epochs: int = 6
-    finetune_layers: int = 40
-    finetune_learning_rate: float = 1e-4
-
-    def validate(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone '{self.backbone}' is not one of {sorted(BACKBONES)}")
-        if self.input_px < 32:
-            raise ValueError(f"input_px must be >= 32, got {self.input_px}")
-        if self.finetune_layers < 0:
-            raise ValueError(f"finetune_layers must be >= 0, got {self.finetune_layers}")
 
 
 def _activation(name: str) -> layers.Layer:

@@ -2,30 +2,24 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from ferpipe.files import atomic_path, write_json, write_npz
+from ferpipe.params import ReleaseConfig  # noqa: F401 (declared TF-free, see ferpipe.params)
 from ferpipe.train import save_model
 
 
-@dataclass
-class ReleaseConfig:
-    max_megabytes: float = 10.0
-    sample_images: int = 8
-
-    def validate(self) -> None:
-        if self.max_megabytes <= 0 or self.sample_images < 1:
-            raise ValueError("max_megabytes must be > 0 and sample_images >= 1")
-
-
 def export(model_path: Path, out_dir: Path, x_test: np.ndarray, y_test: np.ndarray,
-           cfg: ReleaseConfig) -> dict:
-    """Save the model and a few test images with its probabilities (a check for users)."""
+           cfg: ReleaseConfig, tta: str = "none") -> dict:
+    """Save the model (with its test-time variant built in) and a few test images with its
+    probabilities (a check for users)."""
+    from ferpipe.models import with_flip_tta
+
     model = keras.models.load_model(model_path)
+    model = with_flip_tta(model) if tta == "flip" else model
     if tuple(model.input_shape[1:]) != x_test.shape[1:] + (1,):
         raise ValueError(f"{model_path}: input shape {model.input_shape} does not take "
                          f"{x_test.shape[1:]} grayscale images")
@@ -43,7 +37,7 @@ def export(model_path: Path, out_dir: Path, x_test: np.ndarray, y_test: np.ndarr
 
 
 def model_card(name: str, classes: list[str], evaluation: dict, exported: dict, data: dict,
-               params: dict, commit: str, dirty: bool) -> tuple[str, dict]:
+               params: dict, commit: str, dirty: bool, latency_ms: float) -> tuple[str, dict]:
     """The card as Markdown and as its JSON twin."""
     card = {
         "model": name, "file": "model.keras", "classes": classes,
@@ -52,7 +46,7 @@ def model_card(name: str, classes: list[str], evaluation: dict, exported: dict, 
         "output": f"float32 [batch, {len(classes)}] class probabilities in the order of 'classes'",
         "selection": f"chosen on validation {evaluation['selection_metric']} among all trained models",
         "validation": evaluation["val"], "test": evaluation["test"],
-        "latency_ms_single_image_cpu": evaluation["latency_ms"], "params": exported["params"],
+        "latency_ms_single_image_cpu": latency_ms, "params": exported["params"],
         "megabytes": exported["megabytes"], "data_version": data, "training_params": params,
         "git_commit": commit, "git_dirty": dirty,
         "training_data": "FER2013 training split (Kaggle image version), 4 classes; "
@@ -74,7 +68,7 @@ Facial-emotion classifier for 48x48 grayscale faces, released by the `release` s
 - **Input:** {card['input']}
 - **Output:** {card['output']}
 - **Selection:** {card['selection']}; the test split was never used to choose.
-- **Size:** {exported['params']:,} parameters, {exported['megabytes']} MB; single-image CPU latency {evaluation['latency_ms']:.2f} ms
+- **Size:** {exported['params']:,} parameters, {exported['megabytes']} MB; single-image CPU latency {latency_ms:.2f} ms (measured by the evaluate stage)
 - **Data version (DVC md5):** {", ".join(f"`{k}`: `{v}`" for k, v in data.items())}
 - **Code:** git commit `{commit}`{" (with uncommitted changes)" if dirty else ""}
 - **Training data and terms:** {card['training_data']}

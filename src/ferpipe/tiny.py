@@ -1,10 +1,12 @@
 """A tiny, learnable stand-in dataset and configuration: the whole pipeline in minutes.
 
-`python -m ferpipe.tiny DEST` copies this project to DEST with tiny params and a
-synthetic archive, so `cd DEST && dvc repro` smoke-tests every stage. Tests use it too.
+`python -m ferpipe.tiny DEST [--source REPO]` copies the project (the current folder, else
+the checkout this package is installed from) to DEST with tiny params and a synthetic
+archive, so `cd DEST && dvc repro` smoke-tests every stage. Tests use it too.
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import io
 import shutil
@@ -16,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 from PIL import Image
+
+from ferpipe.config import read_params
 
 TINY_ARCHIVE = "data/raw/tiny.zip"
 # Overrides merged into params.yaml; model sections are replaced whole.
@@ -30,9 +34,10 @@ TINY_PARAMS = {
         "backbone": "mobilenet_v2", "alpha": 0.35, "input_px": 32, "dense_units": 16,
         "weights": "data/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5",
         "head_epochs": 1, "finetune_epochs": 1, "finetune_layers": 10}},
-    "tune": {"algorithm": "random", "max_trials": 2, "max_epochs": 1, "search_train_images": 200,
-             "final_epochs": 1, "space": {"depth": [2], "filters": [4, 8], "kernel": [3],
-                                          "convs_per_block": [1], "dense_units": [8, 16]}},
+    "tune": {"baseline": "cnn_a", "algorithm": "random", "max_trials": 2, "max_epochs": 1,
+             "search_train_images": 200,
+             "space": {"learning_rate": [0.003], "dropout": [0.2], "random_shift": [0.1],
+                       "optimizer": ["adam"]}},
 }
 REPLACED_WHOLE = {"baselines", "transfer"}
 COPIED = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc/config", ".dvcignore", "data/weights",
@@ -84,9 +89,39 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-def make_project(dest: Path | str, source: Path | str = ".", per_class: int = 40) -> Path:
-    """Copy the project to `dest` as a fresh git + DVC repo with tiny params and data."""
-    source, dest = Path(source).resolve(), Path(dest).resolve()
+PROJECT_MARKERS = ("dvc.yaml", "params.yaml", "stages")
+
+
+def find_source(source: Path | str | None = None) -> Path:
+    """The project to copy: `source`; by default the current folder, else this package's checkout."""
+    candidates = [Path(source)] if source is not None else [Path.cwd(), Path(__file__).resolve().parents[2]]
+    for path in candidates:
+        if all((path / marker).exists() for marker in PROJECT_MARKERS):
+            return path.resolve()
+    raise ValueError(f"{candidates[0].resolve()}: not a ferpipe project (needs dvc.yaml, params.yaml "
+                     "and stages/): run this in the repo root, or pass --source REPO")
+
+
+def make_project(dest: Path | str, source: Path | str | None = None, per_class: int = 40) -> Path:
+    """Copy the project to `dest` as a fresh git + DVC repo with tiny params and data.
+
+    Everything is checked before `dest` is made, and a failure removes what was written."""
+    source, dest = find_source(source), Path(dest).resolve()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ValueError(f"{dest}: already exists and is not an empty folder; remove it or choose another DEST")
+    params = read_params(source / "params.yaml")
+    existed = dest.exists()
+    try:
+        _write_project(dest, source, params, per_class)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        if existed:
+            dest.mkdir()
+        raise
+    return dest
+
+
+def _write_project(dest: Path, source: Path, params: dict, per_class: int) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for rel in COPIED:
         src = source / rel
@@ -96,18 +131,29 @@ def make_project(dest: Path | str, source: Path | str = ".", per_class: int = 40
         elif src.exists():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
-    params = yaml.safe_load((source / "params.yaml").read_text())
     (dest / "params.yaml").write_text(yaml.safe_dump(merge(params, TINY_PARAMS), sort_keys=False))
     make_archive(dest / TINY_ARCHIVE, params["prepare"]["classes"], per_class=per_class)
     (dest / ".gitignore").write_text("mlflow.db\nmlruns/\n/models/\n/tuning/\n/data/raw/tiny.zip\n")
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=tiny", "-c", "user.email=tiny@localhost",
                  "commit", "-qm", "tiny project"]):
-        subprocess.run(cmd, cwd=dest, check=True)
-    return dest
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True, text=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ferpipe.tiny",
+                                     description="Copy the project with tiny params and data to DEST.")
+    parser.add_argument("dest", metavar="DEST", help="a new (or empty) folder")
+    parser.add_argument("--source", metavar="REPO", help="the project to copy (default: the current "
+                        "folder, else the checkout this package is installed from)")
+    args = parser.parse_args(argv)
+    try:
+        dest = make_project(args.dest, args.source)
+    except (ValueError, OSError, subprocess.CalledProcessError) as err:
+        detail = f": {err.stderr.strip()}" if getattr(err, "stderr", None) else ""
+        sys.exit(f"error: {err}{detail}")
+    print(f"tiny project ready: cd {dest} && dvc repro")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m ferpipe.tiny DEST")
-    print(f"tiny project ready: cd {make_project(sys.argv[1])} && dvc repro")
+    main()

@@ -1,20 +1,44 @@
-"""MLflow tracking: one run per stage execution, tagged with code and data versions."""
+"""MLflow tracking: one run per stage execution, tagged with code and data versions.
+
+`use_tracking` checks the store before a stage does any work; `stage_run` closes the runs that
+ended processes left RUNNING, tags why a run failed, and keeps a stage's outputs when the
+tracking server goes away mid-run (stages log through `try_log`).
+"""
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import hashlib
 import os
-import tempfile
+import re
 import signal
 import subprocess
+import sys
+import tempfile
+import traceback
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+from unittest import mock
 
 import mlflow
+import requests
 import yaml
+from mlflow.exceptions import MlflowException
+
+from ferpipe.orphans import PROCESS_TAG, close_orphaned_runs, process_key
 
 DEFAULT_EXPERIMENT = "fer-pipeline"
+# MLflow's own defaults (7 retries, exponential backoff, 120 s timeout) stall 4 minutes on a
+# dead server; these fail in seconds. A value already in the environment wins (slow servers).
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+CONNECT_TIMEOUT_S = 5.0
+
+
+class TrackingError(ValueError):
+    """The tracking store can't be used; one line naming the URI or file (a ValueError, so
+    `run_main` prints it as one line and exits 1)."""
 
 
 def tracking_uri() -> str:
@@ -22,20 +46,71 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def server_down(uri: str) -> str | None:
+    """Why the HTTP tracking server at `uri` can't be reached; None when it answers at all."""
+    timeout = float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")
+                    or HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_TIMEOUT"])
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=(CONNECT_TIMEOUT_S, timeout))
+    except requests.exceptions.SSLError:
+        return None  # it answered; MLflow's own TLS settings decide the rest
+    except requests.exceptions.ConnectTimeout:
+        return f"no answer within {CONNECT_TIMEOUT_S:g} s"
+    except requests.exceptions.ReadTimeout:
+        return f"no reply within {timeout:g} s; raise MLFLOW_HTTP_REQUEST_TIMEOUT for a slow server"
+    except requests.exceptions.RequestException as err:  # the OS error is buried deep in the text
+        found = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(err))
+        return found.group(1).strip() if found else type(err).__name__
+    return None
+
+
+def _sqlite_file(uri: str) -> Path:
+    """The file of a sqlite:/// URI; TrackingError unless it (or the folder for it) is writable.
+
+    Checked up front: MLflow retries opening an unusable file for minutes before failing."""
+    path = Path(uri[len("sqlite:///"):].split("?")[0])
+    folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())  # MLflow makes the rest
+    problem = ("is a folder, not a file" if path.is_dir() else
+               "is not writable" if path.exists() and not os.access(path, os.R_OK | os.W_OK) else
+               f"cannot be written: {folder} is not writable" if not os.access(folder, os.W_OK | os.X_OK)
+               else None)
+    if problem:
+        raise TrackingError(f"{path}: the MLflow tracking database {problem}; fix that, or set "
+                            "MLFLOW_TRACKING_URI to another store")
+    return path
+
+
 def use_tracking(uri: str | None = None) -> str:
-    """Point MLflow at `uri` (default `tracking_uri()`) and make sure its store exists.
+    """Point MLflow at `uri` (default `tracking_uri()`) and check its store; TrackingError if unusable.
 
     MLflow creates a fresh SQLite schema without a lock, so two processes opening a new
     DB at once (a tuning chief and its workers, or a reader polling it) can both run
     CREATE TABLE and one fails; an exclusive file lock makes the creation happen once.
     """
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     uri = uri or tracking_uri()
     mlflow.set_tracking_uri(uri)
-    if uri.startswith("sqlite:///"):
-        key = hashlib.sha1(uri.encode()).hexdigest()[:16]
-        with open(Path(tempfile.gettempdir()) / f"ferpipe-mlflow-{key}.lock", "w") as lock:
+    if uri.startswith(("http://", "https://")) and (why := server_down(uri)):
+        raise TrackingError(f"tracking server {uri} is unreachable ({why}); start it, fix "
+                            "MLFLOW_TRACKING_URI, or unset it to use the local mlflow.db")
+    where = str(_sqlite_file(uri)) if uri.startswith("sqlite:///") else uri
+    with contextlib.ExitStack() as stack:
+        if uri.startswith("sqlite:///"):
+            key = hashlib.sha1(uri.encode()).hexdigest()[:16]
+            lock = stack.enter_context(open(Path(tempfile.gettempdir()) / f"ferpipe-mlflow-{key}.lock", "w"))
             fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
             mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as err:  # corrupt file, old schema, server error, refused login ...
+            raise TrackingError(f"{where}: cannot use it as the MLflow tracking store "
+                                f"({_first_line(err)}); fix or move it aside, or set "
+                                "MLFLOW_TRACKING_URI to another store") from None
     return uri
 
 
@@ -47,10 +122,26 @@ def _git(*args: str) -> str:
         return ""
 
 
+def pipeline_outputs(dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
+    """What the pipeline itself writes: dvc.lock and every out, metric and plot in dvc.yaml,
+    as git globs (`${key}` and other interpolations become `*`)."""
+    try:
+        spec = yaml.safe_load(Path(dvc_yaml).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        spec = {}
+    stages = [s.get("do", s) for s in (spec.get("stages") or {}).values() if isinstance(s, dict)]
+    entries = [e for part in (*stages, spec) for key in ("outs", "metrics", "plots")
+               for e in (part.get(key) or [])]
+    paths = ["dvc.lock", *(e if isinstance(e, str) else next(iter(e)) for e in entries)]
+    return list(dict.fromkeys(re.sub(r"\$\{[^}]*\}", "*", p.rstrip("/")) for p in paths))
+
+
 def git_state() -> tuple[str, bool]:
-    """(commit, dirty); dirty means tracked files differ from the commit."""
+    """(commit, dirty); dirty means tracked files differ from the commit, apart from the
+    pipeline's own outputs (they change while it runs, so would make every run dirty)."""
     commit = _git("rev-parse", "HEAD") or "unknown"
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    excludes = [f":(exclude,glob){p}{tail}" for p in pipeline_outputs() for tail in ("", "/**")]
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", *excludes))
     return commit, dirty
 
 
@@ -100,6 +191,53 @@ def log_keras_model(model: Any, example: Any) -> Any:
                                                     f"keras=={keras.__version__}"])
 
 
+class _Offline:
+    """Set once the tracking server went away during this stage: why, and what was not logged."""
+    reason: str | None = None
+    skipped: collections.Counter = collections.Counter()
+
+
+def _gone(err: BaseException) -> str | None:
+    """Why the tracking server is gone, if `err` is an MLflow call failing for that reason."""
+    uri = mlflow.get_tracking_uri()
+    http = uri.startswith(("http://", "https://"))
+    return server_down(uri) if http and isinstance(err, (MlflowException, requests.RequestException)) else None
+
+
+def try_log(what: str, log: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`log(*args, **kwargs)`, an MLflow call; once the tracking server has gone away, count
+    `what` as not logged and go on, so that a finished training is saved, not lost."""
+    if _Offline.reason is None:
+        try:
+            return log(*args, **kwargs)
+        except Exception as err:
+            if (reason := _gone(err)) is None:
+                raise
+            _Offline.reason = reason
+            print(f"warning: tracking server {mlflow.get_tracking_uri()} went away ({reason}); "
+                  "going on without logging", file=sys.stderr)
+    _Offline.skipped[what] += 1
+    return None
+
+
+def _end_run(status: str) -> None:
+    """End the active run; with the server gone, one quick try (`mlflow.end_run` takes the run
+    off the local stack before it tells the server, so the process is free of it either way)."""
+    if _Offline.reason is None:
+        try_log("run status", mlflow.end_run, status)
+        return
+    with mock.patch.dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5"), \
+            contextlib.suppress(Exception):
+        mlflow.end_run(status)
+
+
+def _failure_reason(err: BaseException) -> str:
+    if isinstance(err, SystemExit) and err.code == 128 + signal.SIGTERM:
+        return "killed by SIGTERM"
+    text = str(err).strip()
+    return (f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__)[:500]
+
+
 def _raise_on_sigterm(signum, frame):  # noqa: ARG001
     raise SystemExit(128 + signum)
 
@@ -108,10 +246,14 @@ def _raise_on_sigterm(signum, frame):  # noqa: ARG001
 def stage_run(stage: str, params: dict[str, Any], data_path: str | Path,
               run_name: str | None = None, nested: bool = False,
               tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
-    """Open an MLflow run for one stage; any exception or SIGTERM ends it as FAILED."""
-    use_tracking()
-    if not nested:
-        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
+    """Open an MLflow run for one stage, after closing runs that ended processes left RUNNING.
+
+    An exception or SIGTERM ends it FAILED, the reason in its `error` tag and note. If the
+    server goes away, `try_log` calls are skipped: a stage that completes keeps its outputs and
+    exits 0 with a warning naming what was not logged; one that needed the server (a direct
+    MLflow call failed) stops with a TrackingError. Either way its run stays RUNNING there.
+    """
+    uri = use_tracking()
     commit, dirty = git_state()
     all_tags = {
         "stage": stage,
@@ -120,14 +262,44 @@ def stage_run(stage: str, params: dict[str, Any], data_path: str | Path,
         "git_dirty": str(dirty).lower(),
         "data_path": str(data_path),
         "data_version": data_version(data_path),
+        PROCESS_TAG: process_key(os.getpid()) or "",
         **(tags or {}),
     }
+    try:
+        if not nested:
+            experiment = mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
+            # a run being resumed (tune reopens its search's run) is not an orphan
+            if closed := close_orphaned_runs(experiment.experiment_id, os.environ.get("MLFLOW_RUN_ID", "")):
+                print(f"tracking: marked KILLED {len(closed)} run(s) left RUNNING by ended processes: "
+                      + ", ".join(closed))
+            _Offline.reason, _Offline.skipped = None, collections.Counter()
+        run = mlflow.start_run(run_name=run_name or stage, nested=nested, tags=all_tags)
+    except MlflowException as err:
+        raise TrackingError(f"{uri}: cannot start the MLflow run ({_first_line(err)})") from None
+    still_running = (f"its run {run.info.run_id} stays RUNNING there (the next stage run on this "
+                     "machine closes it)")
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm) if not nested else None
     try:
-        with mlflow.start_run(run_name=run_name or stage, nested=nested, tags=all_tags) as run:
-            if params:
-                mlflow.log_params(flatten(params))
-            yield run
+        if params:
+            mlflow.log_params(flatten(params))
+        yield run
+    except BaseException as err:
+        reason = _Offline.reason = _Offline.reason or _gone(err)
+        if reason is None:
+            trace = "".join(traceback.format_exception(err))[-4000:]
+            try_log("failure reason", mlflow.set_tags, {"error": _failure_reason(err),
+                    "mlflow.note.content": f"**Failed:** {_failure_reason(err)}\n\n```\n{trace}\n```"})
+        _end_run("FAILED")
+        if reason is None or not isinstance(err, (MlflowException, requests.RequestException)):
+            raise
+        raise TrackingError(f"tracking server {uri} went away during stage {stage} ({reason}); the "
+                            f"stage stopped, keeping what it had written; {still_running}") from None
+    else:
+        _end_run("FINISHED")
+        if _Offline.reason is not None:
+            lost = ", ".join(f"{what} (x{n})" if n > 1 else what for what, n in _Offline.skipped.items())
+            print(f"warning: tracking server {uri} went away during stage {stage} ({_Offline.reason}); "
+                  f"outputs saved, not logged: {lost}; {still_running}", file=sys.stderr)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -2,25 +2,23 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from typing import Callable
 
 import keras  # noqa: E402
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from ferpipe.data import load_split  # noqa: E402
+from ferpipe.files import load_split  # noqa: E402
 from ferpipe.files import atomic_path, write_json  # noqa: E402
-from ferpipe.tracking import log_keras_model, stage_run  # noqa: E402
+from ferpipe.params import TrainConfig  # noqa: E402,F401 (declared TF-free, see ferpipe.params)
+from ferpipe.tracking import log_keras_model, stage_run, try_log, use_tracking  # noqa: E402
 
 PREPARED_DIR = Path("data/prepared")
 AUGMENTED_DIR = Path("data/augmented")
@@ -32,40 +30,6 @@ def output_paths(name: str) -> dict[str, Path]:
             "metrics_path": Path("metrics/train") / f"{name}.json",
             "history_path": Path("plots/train") / f"{name}.csv",
             "timing_path": Path("reports/timing") / f"{name}.json"}
-
-
-@dataclass
-class TrainConfig:
-    batch_size: int = 64
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    weight_decay: float = 1e-4  # adamw only
-    label_smoothing: float = 0.0
-    class_weights: bool = False
-    early_stopping_patience: int = 5
-    reduce_lr_patience: int = 2
-    reduce_lr_factor: float = 0.5
-    min_learning_rate: float = 1e-6
-    # What early stopping, the LR plateau and the kept epoch follow: what we judge models by.
-    selection_metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
-    # Polyak averaging of the weights (0: off). Validation, early stopping and the saved model
-    # all use the averaged weights, so one lucky epoch of raw weights is not what is kept.
-    ema_momentum: float = 0.0
-    mixup_alpha: float = 0.0  # 0: off; keras.layers.MixUp on each training batch
-    max_train_images: int = 0  # 0: all; a seeded subset otherwise (tiny runs)
-    mixed_precision: bool = False
-    seed: int = 42
-
-    def validate(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0 < self.reduce_lr_factor < 1:
-            raise ValueError(f"reduce_lr_factor must be in (0, 1), got {self.reduce_lr_factor}")
-        if not 0 <= self.ema_momentum < 1:
-            raise ValueError(f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
-        if self.mixup_alpha < 0:
-            raise ValueError(f"mixup_alpha must be >= 0, got {self.mixup_alpha}")
 
 
 @dataclass
@@ -179,8 +143,9 @@ class EpochLogger(keras.callbacks.Callback):
                "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
                **{k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}}
         self.history.append(row)
-        if self.log_to_mlflow and mlflow.active_run():
-            mlflow.log_metrics({k: v for k, v in row.items() if isinstance(v, float)}, step=row["epoch"])
+        if self.log_to_mlflow and mlflow.active_run():  # a tracker gone mid-fit does not stop it
+            try_log("epoch metrics", mlflow.log_metrics,
+                    {k: v for k, v in row.items() if isinstance(v, float)}, step=row["epoch"])
 
 
 def fit(model: keras.Model, data: TrainData, cfg: TrainConfig, phases: list[Phase],
@@ -285,13 +250,14 @@ def write_outputs(model: keras.Model, result: dict, name: str, model_path: Path,
     write_json(timing_path, {"model": name, **result["timing"]})
     with atomic_path(history_path) as tmp:
         pd.DataFrame(result["history"]).to_csv(tmp, index=False, float_format="%.6g")
-    if mlflow.active_run():
-        mlflow.log_metrics({f"final_{k}": float(v) for k, v in {**metrics, **result["timing"]}.items()})
+    if mlflow.active_run():  # after saving, and through try_log: a tracker gone loses no training
+        try_log("final metrics", mlflow.log_metrics,
+                {f"final_{k}": float(v) for k, v in {**metrics, **result["timing"]}.items()})
         curve = history_path.with_suffix(".png")
         plot_history(result["history"], curve, name)
-        mlflow.log_artifact(str(curve))
+        try_log("training curve", mlflow.log_artifact, str(curve))
         curve.unlink()
-        log_keras_model(model, np.zeros((2, *model.input_shape[1:]), dtype=np.float32))
+        try_log("model", log_keras_model, model, np.zeros((2, *model.input_shape[1:]), dtype=np.float32))
     return {**metrics, **result["timing"]}
 
 
@@ -299,6 +265,7 @@ def run_training_stage(stage: str, name: str, spec: object, cfg: TrainConfig,
                        build: Callable[[int], tuple[keras.Model, list[Phase]]]) -> dict:
     """Everything a training stage does: seed, load data, build, fit, save, log."""
     set_determinism(cfg.seed, cfg.mixed_precision)
+    use_tracking()  # an unusable tracker is reported before the data is read
     data = load_train_data(AUGMENTED_DIR, PREPARED_DIR, cfg.max_train_images, cfg.seed)
     params = {"model_name": name, "model": vars(spec), "train": vars(cfg)}
     with stage_run(stage, params, AUGMENTED_DIR, run_name=name, tags={"model_name": name}):

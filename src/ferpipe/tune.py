@@ -10,9 +10,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import keras
 import keras_tuner as kt
@@ -20,81 +18,64 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from ferpipe.models import CNNSpec, build_cnn
+from ferpipe.params import SearchSpace, TuneConfig  # noqa: F401 (declared TF-free, see ferpipe.params)
 from ferpipe.train import Phase, TrainConfig, TrainData, fit
 
 
-@dataclass
-class SearchSpace:
-    depth: list[int] = field(default_factory=lambda: [3, 4])
-    filters: list[int] = field(default_factory=lambda: [16, 32])  # first block; doubles per block
-    kernel: list[int] = field(default_factory=lambda: [3])
-    convs_per_block: list[int] = field(default_factory=lambda: [1, 2])
-    batch_norm: list[bool] = field(default_factory=lambda: [True, False])
-    dropout: list[float] = field(default_factory=lambda: [0.0, 0.5])  # [min, max], step 0.1
-    dense_units: list[int] = field(default_factory=lambda: [128, 256])
-    head: list[Literal["flatten", "gap"]] = field(default_factory=lambda: ["flatten", "gap"])
-    learning_rate: list[float] = field(default_factory=lambda: [3e-4, 3e-3])  # [min, max], log
-    optimizer: list[str] = field(default_factory=lambda: ["adam", "adamw", "sgd"])
+def _choice(hp: kt.HyperParameters, name: str, values: list, baseline):
+    """A choice over `values` plus the baseline's own value, which is the default."""
+    options = sorted({*values, baseline}) if not isinstance(baseline, str) else \
+        [baseline, *[v for v in values if v != baseline]]
+    return hp.Choice(name, options, default=baseline)
 
 
-@dataclass
-class TuneConfig:
-    algorithm: Literal["hyperband", "bayesian", "random"] = "hyperband"
-    objective: Literal["val_accuracy", "val_loss"] = "val_accuracy"
-    max_trials: int = 10  # bayesian and random; hyperband sizes itself from max_epochs/factor
-    max_epochs: int = 4  # per trial (hyperband: the most any trial gets)
-    factor: int = 2
-    search_train_images: int = 5000  # seeded subset of the augmented set used while searching
-    final_epochs: int = 6  # retraining the best hyperparameters on the full set
-    seed: int = 42
-    space: SearchSpace = field(default_factory=SearchSpace)
-
-    def validate(self) -> None:
-        if self.max_epochs < 1 or self.max_trials < 1 or self.final_epochs < 1:
-            raise ValueError("max_epochs, max_trials and final_epochs must be >= 1")
-        if self.factor < 2:
-            raise ValueError(f"factor must be >= 2, got {self.factor}")
-        for name in ("dropout", "learning_rate"):
-            low, high = getattr(self.space, name)
-            if not low <= high:
-                raise ValueError(f"space.{name} must be [min, max], got {[low, high]}")
-
-
-def spec_from_hp(hp: kt.HyperParameters, space: SearchSpace, epochs: int) -> tuple[CNNSpec, str]:
-    """Declare (or read) the trial's hyperparameters; returns the CNN spec and optimizer."""
-    depth = hp.Choice("depth", space.depth)
-    base = hp.Choice("filters", space.filters)
-    filters = [min(base * 2**i, 512) for i in range(depth)]  # VGG convention: width doubles
-    dropout = hp.Float("dropout", *space.dropout, step=0.1)
-    spec = CNNSpec(filters=filters, kernel=hp.Choice("kernel", space.kernel),
-                   convs_per_block=hp.Choice("convs_per_block", space.convs_per_block),
-                   batch_norm=hp.Boolean("batch_norm") if len(space.batch_norm) > 1 else space.batch_norm[0],
-                   block_dropout=round(dropout / 2, 2), head=hp.Choice("head", space.head),
-                   dense_units=[hp.Choice("dense_units", space.dense_units)], dense_dropout=dropout,
-                   epochs=epochs,
-                   learning_rate=hp.Float("learning_rate", *space.learning_rate, sampling="log"))
-    return spec, hp.Choice("optimizer", space.optimizer)
+def spec_from_hp(hp: kt.HyperParameters, space: SearchSpace, base: CNNSpec, base_optimizer: str,
+                 epochs: int) -> tuple[CNNSpec, str]:
+    """Declare (or read) the trial's recipe on top of the baseline's spec; returns spec, optimizer."""
+    dropout = _choice(hp, "dropout", space.dropout, base.dense_dropout)
+    spec = dataclasses.replace(
+        base, epochs=epochs, dense_dropout=dropout,
+        block_dropout=round(dropout / 2, 2) if base.block_dropout else 0.0,
+        random_shift=_choice(hp, "random_shift", space.random_shift, base.random_shift),
+        learning_rate=_choice(hp, "learning_rate", space.learning_rate, base.learning_rate))
+    return spec, _choice(hp, "optimizer", list(space.optimizer), base_optimizer)
 
 
 class CNNHyperModel(kt.HyperModel):
-    """Builds a CNN from hyperparameters; fits it with the project's one trainer."""
+    """Builds the baseline's CNN with a trial's recipe; fits it with the project's one trainer."""
 
-    def __init__(self, cfg: TuneConfig, train_cfg: TrainConfig, num_classes: int):
+    def __init__(self, cfg: TuneConfig, train_cfg: TrainConfig, base: CNNSpec, num_classes: int):
         super().__init__(name="fer_cnn")
-        self.cfg, self.train_cfg, self.num_classes = cfg, train_cfg, num_classes
+        self.cfg, self.train_cfg, self.base, self.num_classes = cfg, train_cfg, base, num_classes
+
+    def spec(self, hp, epochs: int) -> tuple[CNNSpec, str]:
+        return spec_from_hp(hp, self.cfg.space, self.base, self.train_cfg.optimizer, epochs)
 
     def build(self, hp):
         keras.utils.set_random_seed(self.train_cfg.seed)  # each trial starts alike
-        spec, _ = spec_from_hp(hp, self.cfg.space, self.cfg.max_epochs)
+        spec, _ = self.spec(hp, self.cfg.max_epochs)
         return build_cnn(spec, self.num_classes, name="tuned")
 
     def fit(self, hp, model, data: TrainData, epochs: int = 1, initial_epoch: int = 0,
             callbacks=None, **kwargs):
-        spec, optimizer = spec_from_hp(hp, self.cfg.space, epochs)
+        spec, optimizer = self.spec(hp, epochs)
         cfg = dataclasses.replace(self.train_cfg, optimizer=optimizer)
-        result = fit(model, data, cfg, [Phase("search", epochs - initial_epoch, spec.learning_rate)],
-                     extra_callbacks=callbacks)
+        phase = Phase("search", epochs - initial_epoch, spec.learning_rate,
+                      random_shift=spec.random_shift)
+        result = fit(model, data, cfg, [phase], extra_callbacks=callbacks)
         return {"val_accuracy": result["val_accuracy"], "val_loss": result["val_loss"]}
+
+
+class BaselineFirst:
+    """Oracle mixin: the first trial is the space's defaults, i.e. the baseline's own recipe,
+    so the search always measures what it has to beat."""
+
+    def populate_space(self, trial_id):
+        if not self.trials:
+            values = self.hyperparameters.values
+            self._tried_so_far.add(self._compute_values_hash(values))
+            return {"status": kt.engine.trial.TrialStatus.RUNNING, "values": values}
+        return super().populate_space(trial_id)
 
 
 class MLflowTrials:
@@ -117,28 +98,30 @@ class MLflowTrials:
             return results
 
 
-ALGORITHMS = {"hyperband": kt.Hyperband, "bayesian": kt.BayesianOptimization,
-              "random": kt.RandomSearch}
+ORACLES = {"random": kt.oracles.RandomSearchOracle, "bayesian": kt.oracles.BayesianOptimizationOracle}
 
 
-def search_id(cfg: TuneConfig, train_cfg: TrainConfig, data_version: str) -> str:
+def search_id(cfg: TuneConfig, train_cfg: TrainConfig, base: CNNSpec, data_version: str) -> str:
     """Names the tuner project: the same search settings resume, new ones start afresh."""
-    key = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "final_epochs"}
-    key.update(train=dataclasses.asdict(train_cfg), data=data_version)
+    key = dataclasses.asdict(cfg)
+    key.update(train=dataclasses.asdict(train_cfg), base=dataclasses.asdict(base), data=data_version)
     return "search_" + hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def make_tuner(cfg: TuneConfig, train_cfg: TrainConfig, num_classes: int, directory: Path,
-               project: str, parent_run_id: str) -> kt.Tuner:
-    base = ALGORITHMS[cfg.algorithm]
-    tuner_cls = type(f"MLflow{base.__name__}", (MLflowTrials, base), {"parent_run_id": parent_run_id})
-    direction = "max" if cfg.objective == "val_accuracy" else "min"
-    common = dict(hypermodel=CNNHyperModel(cfg, train_cfg, num_classes),
-                  objective=kt.Objective(cfg.objective, direction), seed=cfg.seed,
-                  directory=str(directory), project_name=project, overwrite=False)
-    if cfg.algorithm == "hyperband":
-        return tuner_cls(max_epochs=cfg.max_epochs, factor=cfg.factor, **common)
-    return tuner_cls(max_trials=cfg.max_trials, **common)
+def make_tuner(cfg: TuneConfig, train_cfg: TrainConfig, base: CNNSpec, num_classes: int,
+               directory: Path, project: str, parent_run_id: str) -> kt.Tuner:
+    objective = kt.Objective(cfg.objective, "max" if cfg.objective == "val_accuracy" else "min")
+    hypermodel = CNNHyperModel(cfg, train_cfg, base, num_classes)
+    common = dict(directory=str(directory), project_name=project, overwrite=False)
+    if cfg.algorithm == "hyperband":  # brackets decide its trials: no baseline-first guarantee
+        tuner_cls = type("MLflowHyperband", (MLflowTrials, kt.Hyperband), {"parent_run_id": parent_run_id})
+        return tuner_cls(hypermodel=hypermodel, objective=objective, max_epochs=cfg.max_epochs,
+                         factor=cfg.factor, seed=cfg.seed, **common)
+    oracle_cls = type(f"BaselineFirst{ORACLES[cfg.algorithm].__name__}",
+                      (BaselineFirst, ORACLES[cfg.algorithm]), {})
+    oracle = oracle_cls(objective=objective, max_trials=cfg.max_trials, seed=cfg.seed)
+    tuner_cls = type("MLflowTuner", (MLflowTrials, kt.Tuner), {"parent_run_id": parent_run_id})
+    return tuner_cls(oracle=oracle, hypermodel=hypermodel, **common)
 
 
 def is_worker() -> bool:
@@ -182,8 +165,12 @@ def summarize(tuner: kt.Tuner) -> dict:
     trials = list(tuner.oracle.trials.values())
     done = [t for t in trials if t.status == "COMPLETED"]
     best = tuner.oracle.get_best_trials(1)[0]
+    # Hyperband's own bookkeeping ("tuner/epochs", ...) is not a hyperparameter.
+    values = {k: v for k, v in best.hyperparameters.values.items() if not k.startswith("tuner/")}
+    defaults = tuner.oracle.hyperparameters.values
+    baseline = [t for t in done if all(t.hyperparameters.values.get(k) == v for k, v in defaults.items())]
     return {"trials_total": len(trials), "trials_completed": len(done),
             "best_trial_id": best.trial_id, "best_search_score": float(best.score),
-            # Hyperband's own bookkeeping ("tuner/epochs", ...) is not a hyperparameter.
-            "best_hyperparameters": {k: v for k, v in best.hyperparameters.values.items()
-                                     if not k.startswith("tuner/")}}
+            "baseline_search_score": float(baseline[0].score) if baseline else None,
+            "winner_is_baseline": all(values.get(k) == v for k, v in defaults.items()),
+            "best_hyperparameters": values}

@@ -1,0 +1,91 @@
+"""How fast `ferpipe predict` is on this CPU: one face, one photo, a video.
+
+    nice -n 19 uv run python bench/predict_speed.py [--model PATH]
+
+Targets (issue 10): one 48x48 face classified < 5 ms; a 640x480 photo with one face,
+detection included, < 40 ms. Wall time is the median of repeated calls; CPU time (process
+time, all threads) is shown too because wall time is inflated when other jobs share the CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import skimage.data as sd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from ferpipe.detect import detect_faces, has_mtcnn  # noqa: E402
+from ferpipe.predict import analyze_image, analyze_video, load_classifier  # noqa: E402
+
+
+def timed(fn: Callable[[], object], calls: int) -> tuple[float, float]:
+    """(median wall ms, mean CPU ms) over `calls` calls after two warm-up calls."""
+    fn(), fn()
+    wall, cpu_start = [], time.process_time()
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        wall.append((time.perf_counter() - start) * 1000)
+    return statistics.median(wall), (time.process_time() - cpu_start) * 1000 / calls
+
+
+def photo_640x480() -> np.ndarray:
+    """scikit-image's astronaut (one face, ~80 px) at 480x480, padded to 640x480."""
+    face = cv2.resize(cv2.cvtColor(sd.astronaut(), cv2.COLOR_RGB2BGR), (480, 480), interpolation=cv2.INTER_AREA)
+    return cv2.copyMakeBorder(face, 0, 0, 80, 80, cv2.BORDER_REPLICATE)
+
+
+def write_video(path: Path, frames: int = 60) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (640, 480))
+    base = photo_640x480()
+    for i in range(frames):
+        writer.write(np.roll(base, i * 2, axis=1))  # the face moves a little each frame
+    writer.release()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="model to time (default: the release)")
+    parser.add_argument("--calls", type=int, default=50)
+    args = parser.parse_args()
+    clf = load_classifier(args.model)
+    face = np.load(Path(__file__).resolve().parents[1] / "models/release/samples.npz")["x"][:1]
+    photo = photo_640x480()
+    detectors = ["haar"] + (["mtcnn"] if has_mtcnn() else [])
+    rows = []
+    wall, cpu = timed(lambda: clf.predict_proba(face), args.calls)
+    rows.append(("one 48x48 face, compiled tf.function", "-", wall, cpu, "< 5 ms"))
+    wall, cpu = timed(lambda: clf.model.predict(face[..., None].astype("float32"), verbose=0), 10)
+    rows.append(("one 48x48 face, model.predict (for comparison)", "-", wall, cpu, ""))
+    for name in detectors:
+        n = len(detect_faces(photo, detector=name))
+        wall, cpu = timed(lambda name=name: detect_faces(photo, detector=name), max(5, args.calls // 5))
+        rows.append((f"640x480 photo, detection only ({n} face)", name, wall, cpu, ""))
+        wall, cpu = timed(lambda name=name: analyze_image(photo, clf, detector=name), max(5, args.calls // 5))
+        rows.append(("640x480 photo, detection + crop + classify", name, wall, cpu, "< 40 ms"))
+        wall, cpu = timed(lambda name=name: analyze_image(photo, clf, detector=name, min_face_px=40),
+                          max(5, args.calls // 5))
+        rows.append(("640x480 photo, detection + crop + classify, --min-face 40", name, wall, cpu, "< 40 ms"))
+    with tempfile.TemporaryDirectory() as tmp:
+        video = Path(tmp) / "clip.mp4"
+        write_video(video)
+        for name in detectors:
+            for every in (1, 5):
+                summary = list(analyze_video(video, clf, every=every, detector=name))[-1]["summary"]
+                rows.append((f"640x480 video, every {every}: {summary['fps']:.1f} analysed frames/s, "
+                             f"{summary['frames'] / summary['seconds']:.1f} video frames/s", name,
+                             1000 / summary["fps"], float("nan"), ""))
+    print(f"{'measurement':70s} {'detector':8s} {'wall ms':>8s} {'cpu ms':>8s}  target")
+    for what, det, wall, cpu, target in rows:
+        print(f"{what:70s} {det:8s} {wall:8.1f} {cpu:8.1f}  {target}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""`ferpipe demo`: a local web page; upload a photo, see each face boxed, labelled and scored.
+
+FastAPI, because MLflow already brings it (with uvicorn) into the lock: no new dependency, where
+Gradio would add about 50 packages for one page. The page is plain HTML (a form and the answer
+rendered by the server), so it needs no JavaScript and no files from the network.
+"""
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at run time,
+# and UploadFile is imported inside create_app.
+import argparse
+import base64
+import html
+from typing import Any
+
+import numpy as np
+
+from ferpipe.detect import DETECTORS
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+DISPLAY_MAX_SIDE = 1024
+COLOURS = [(60, 180, 75), (230, 50, 50), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; }
+form { margin: 1em 0; padding: 1em; background: #f4f4f4; border-radius: 6px; }
+.result { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }
+.result img { max-width: 640px; width: 100%; border: 1px solid #ccc; }
+.face { margin-bottom: 1.2em; min-width: 280px; }
+.face h3 { margin: 0 0 .4em 0; }
+.row { display: grid; grid-template-columns: 6em 1fr 3.5em; gap: .5em; align-items: center; font-size: .9em; }
+.bar { background: #e6e6e6; height: .9em; border-radius: 3px; }
+.bar span { display: block; height: 100%; border-radius: 3px; }
+.error { color: #b00020; font-weight: bold; }
+"""
+
+
+def _page(body: str) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>ferpipe demo</title>"
+            f"<style>{STYLE}</style></head><body><h1>Facial emotion demo</h1>"
+            "<form action='/' method='post' enctype='multipart/form-data'>"
+            "<input type='file' name='photo' accept='image/*' required> "
+            "<button type='submit'>Analyze</button></form>"
+            f"{body}</body></html>")
+
+
+def annotate(image: np.ndarray, faces: list[dict]) -> np.ndarray:
+    """A BGR copy of `image` with each face's box, number, label and probability drawn on it."""
+    import cv2
+
+    from ferpipe.detect import to_gray
+
+    canvas = image.copy() if image.ndim == 3 and image.shape[2] == 3 else cv2.cvtColor(to_gray(image), cv2.COLOR_GRAY2BGR)
+    scale = max(canvas.shape[:2]) / 640
+    thickness, font = max(1, round(2 * scale)), 0.6 * max(scale, 0.5)
+    for n, face in enumerate(faces, 1):
+        x, y, w, h = (int(v) for v in face["box"])
+        colour = COLOURS[(n - 1) % len(COLOURS)][::-1]  # RGB table, OpenCV draws BGR
+        cv2.rectangle(canvas, (x, y), (x + w, y + h), colour, thickness)
+        text = f"{n} {face['emotion']} {max(face['probabilities'].values()):.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, thickness)
+        top = y - th - base - 4 if y - th - base - 4 >= 0 else y + h
+        cv2.rectangle(canvas, (x, top), (x + tw + 4, top + th + base + 4), colour, -1)
+        cv2.putText(canvas, text, (x + 2, top + th + 2), cv2.FONT_HERSHEY_SIMPLEX, font,
+                    (255, 255, 255), thickness, cv2.LINE_AA)
+    return canvas
+
+
+def _jpeg_data_url(image: np.ndarray) -> str:
+    import cv2
+
+    scale = min(1.0, DISPLAY_MAX_SIDE / max(image.shape[:2]))
+    if scale < 1.0:
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode()
+
+
+def result_html(name: str, image: np.ndarray, faces: list[dict], classes: list[str]) -> str:
+    """The annotated photo and, per face, its label and one probability bar per class."""
+    parts = []
+    for n, face in enumerate(faces, 1):
+        colour = "#%02x%02x%02x" % COLOURS[(n - 1) % len(COLOURS)]
+        rows = "".join(
+            f"<div class='row'><span>{html.escape(c)}</span><div class='bar'><span style='width:"
+            f"{100 * face['probabilities'][c]:.1f}%;background:{colour}'></span></div>"
+            f"<span>{100 * face['probabilities'][c]:.0f}%</span></div>" for c in classes)
+        parts.append(f"<div class='face'><h3>Face {n}: <span class='emotion'>"
+                     f"{html.escape(face['emotion'])}</span></h3>{rows}</div>")
+    summary = (f"<p>{len(faces)} face{'s' if len(faces) != 1 else ''} in {html.escape(name)}</p>"
+               if faces else f"<p class='noface'>No face found in {html.escape(name)}.</p>")
+    alt = html.escape(f"{name} with the faces found")
+    return (f"{summary}<div class='result'><img alt='{alt}' src='{_jpeg_data_url(annotate(image, faces))}'>"
+            f"<div>{''.join(parts)}</div></div>")
+
+
+def create_app(classifier: Any, detector: str = "auto") -> Any:
+    """The FastAPI app: GET / is the form; POST / answers with the page, POST /api/analyze with
+    JSON ({"faces": [{"box", "emotion", "probabilities"}]})."""
+    import cv2
+    from fastapi import FastAPI, File, UploadFile
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    from ferpipe.predict import analyze_image
+
+    app = FastAPI(title="ferpipe demo")
+
+    async def read(photo: UploadFile) -> tuple[np.ndarray | None, str]:
+        data = await photo.read(MAX_UPLOAD_BYTES + 1)
+        if len(data) > MAX_UPLOAD_BYTES:
+            return None, f"{photo.filename}: over {MAX_UPLOAD_BYTES // 2**20} MB"
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+        return image, "" if image is not None else f"{photo.filename}: not an image (JPEG, PNG, ...)"
+
+    def analyze(image: np.ndarray) -> list[dict]:
+        return analyze_image(image, classifier, detect=True, detector=detector)
+
+    @app.get("/", response_class=HTMLResponse)
+    def form() -> str:
+        return _page("<p>Upload a photo: every face found is boxed and classified "
+                     f"({html.escape(', '.join(classifier.classes))}). Nothing leaves this machine.</p>")
+
+    @app.post("/", response_class=HTMLResponse)
+    async def page(photo: UploadFile = File(...)) -> HTMLResponse:
+        image, error = await read(photo)
+        if image is None:
+            return HTMLResponse(_page(f"<p class='error'>{html.escape(error)}</p>"), status_code=400)
+        body = result_html(photo.filename or "upload", image, analyze(image), list(classifier.classes))
+        return HTMLResponse(_page(body))
+
+    @app.post("/api/analyze")
+    async def api(photo: UploadFile = File(...)) -> JSONResponse:
+        image, error = await read(photo)
+        if image is None:
+            return JSONResponse({"error": error}, status_code=400)
+        return JSONResponse({"faces": analyze(image)})
+
+    return app
+
+
+EXAMPLE = """example:
+  ferpipe demo                                   # http://127.0.0.1:8000, the release model
+  ferpipe demo --model models:/fer-emotion@champion --port 8080"""
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "demo", help="a local web page: upload a photo, see the emotion of each face",
+        description="Serve a small web page on this machine: upload a photo, get it back with a "
+                    "box and label on each face and a probability bar per emotion.",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None,
+                        help="a .keras file or models:/NAME@ALIAS (default: models/release/model.keras)")
+    parser.add_argument("--detector", choices=DETECTORS, default="auto",
+                        help="face detector (default: auto = MTCNN if installed, else OpenCV Haar)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to bind (default 127.0.0.1: this machine only; "
+                             "0.0.0.0 exposes the page to the network)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ferpipe.predict import load_classifier
+
+    app = create_app(load_classifier(args.model), args.detector)
+    print(f"ferpipe demo: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,176 @@
+"""The typed params of the training, tuning, evaluation and release stages.
+
+They live here, apart from the modules that use them, because those import TensorFlow
+(about 12 s): a stage loads and checks its params from this module first, so a typo in
+params.yaml is reported in a second. Every numeric field declares its range beside it
+(`Range`, checked by `ferpipe.config`), every name is a closed list (`Literal`); `validate()`
+holds only the checks that involve two fields. The library modules re-export their classes
+(`from ferpipe.train import TrainConfig` still works).
+"""
+from __future__ import annotations
+
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+from ferpipe.config import NON_EMPTY, Range
+
+# Shapes shared by many fields.
+Count = Annotated[int, Range(1)]  # 1, 2, ...
+NonNegative = Annotated[int, Range(0)]  # 0 usually means "off" or "all"
+Fraction = Annotated[float, Range(0, 1, max_open=True)]  # [0, 1): dropout, smoothing, ...
+LearningRate = Annotated[float, Range(0, 1, min_open=True)]  # (0, 1]
+Seed = Annotated[int, Range(0, 2**32 - 1)]  # what numpy and TensorFlow seeds accept
+
+Optimizer = Literal["adam", "adamw", "sgd"]  # ferpipe.train.make_optimizer builds each
+Backbone = Literal["mobilenet", "mobilenet_v2", "vgg16", "resnet50_v2", "efficientnet_b0"]
+BACKBONE_NAMES: tuple[str, ...] = typing.get_args(Backbone)  # ferpipe.models.BACKBONES' keys
+ALPHA_BACKBONES = {"mobilenet", "mobilenet_v2"}
+# Width multipliers Keras publishes ImageNet weights for.
+WEIGHTS_ALPHAS = {"mobilenet": (0.25, 0.5, 0.75, 1.0), "mobilenet_v2": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)}
+# ferpipe.evaluate.SELECTION says which way each is better; only validation metrics choose.
+SelectionMetric = Literal["val_accuracy", "val_macro_f1", "val_log_loss"]
+
+
+@dataclass
+class TrainConfig:
+    batch_size: Count = 64
+    optimizer: Optimizer = "adam"
+    weight_decay: Fraction = 1e-4  # adamw and sgd
+    label_smoothing: Fraction = 0.0
+    class_weights: bool = False
+    early_stopping_patience: NonNegative = 5
+    reduce_lr_patience: NonNegative = 2
+    reduce_lr_factor: Annotated[float, Range(0, 1, min_open=True, max_open=True)] = 0.5
+    min_learning_rate: Fraction = 1e-6
+    # What early stopping, the LR plateau and the kept epoch follow: what we judge models by.
+    selection_metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    # Polyak averaging of the weights (0: off). Validation, early stopping and the saved model
+    # all use the averaged weights, so one lucky epoch of raw weights is not what is kept.
+    ema_momentum: Fraction = 0.0
+    mixup_alpha: Annotated[float, Range(0)] = 0.0  # 0: off; keras.layers.MixUp on each training batch
+    max_train_images: NonNegative = 0  # 0: all; a seeded subset otherwise (tiny runs)
+    mixed_precision: bool = False
+    seed: Seed = 42
+
+
+@dataclass
+class CNNSpec:
+    """A hand-built CNN: conv blocks, each followed by max-pooling, then a dense head."""
+    filters: Annotated[list[Annotated[int, Range(1, 4096)]], NON_EMPTY]
+    convs_per_block: Count = 1
+    kernel: Literal[1, 3, 5, 7] = 3
+    activation: Literal["relu", "leaky_relu", "elu"] = "relu"
+    batch_norm: bool = False
+    block_dropout: Fraction = 0.0
+    head: Literal["flatten", "gap"] = "flatten"
+    dense_units: list[Annotated[int, Range(1, 65536)]] = field(default_factory=lambda: [128])
+    dense_dropout: Fraction = 0.0
+    l2: Fraction = 0.0
+    # Random shifts of up to this fraction of the side, drawn afresh for every training image
+    # by the trainer's input pipeline (not a model layer: Keras 3 image layers default to
+    # training=True, so one inside the model would shift at inference under a plain call). 0: off.
+    random_shift: Annotated[float, Range(0, 0.5, max_open=True)] = 0.0
+    epochs: Count = 20  # 0 would train nothing and leave an uncompiled model
+    learning_rate: LearningRate = 1e-3
+
+
+def weights_file_facts(weights: str) -> tuple[str, float, bool] | None:
+    """(backbone, alpha, has top) read from an official Keras MobileNet weights file name.
+
+    `mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5` -> mobilenet_v2, 0.5;
+    `mobilenet_2_5_224_tf_no_top.h5` -> mobilenet, 0.25. None for any other name."""
+    name = Path(weights).name
+    found = re.fullmatch(r"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_(\d+(?:\.\d+)?)_\d+"
+                         r"(_no_top)?\.h5", name)
+    if found:
+        return "mobilenet_v2", float(found[1]), not found[2]
+    found = re.fullmatch(r"mobilenet_(1_0|7_5|5_0|2_5)_\d+_tf(_no_top)?\.h5", name)
+    if found:
+        return "mobilenet", {"1_0": 1.0, "7_5": 0.75, "5_0": 0.5, "2_5": 0.25}[found[1]], not found[2]
+    return None
+
+
+@dataclass
+class TransferSpec:
+    """An ImageNet backbone with a new head; trained head-first, then fine-tuned."""
+    backbone: Backbone
+    weights: str  # a local .h5 file, "imagenet" to download where a network exists, or "none"
+    alpha: Annotated[float, Range(0, None, min_open=True)] = 1.0  # width, mobilenet* only
+    input_px: Annotated[int, Range(32, 1024)] = 96  # Keras' backbones need 32 px or more
+    dense_units: Annotated[int, Range(1, 65536)] = 128
+    dropout: Fraction = 0.3
+    head_epochs: NonNegative = 3
+    head_learning_rate: LearningRate = 1e-3
+    finetune_epochs: NonNegative = 6
+    finetune_layers: NonNegative = 40
+    finetune_learning_rate: LearningRate = 1e-4
+
+    def validate(self) -> None:
+        if self.head_epochs + self.finetune_epochs < 1:
+            raise ValueError("head_epochs + finetune_epochs must be >= 1, got 0: nothing would be trained")
+        if self.backbone not in ALPHA_BACKBONES or self.weights in ("none", ""):
+            return
+        facts = weights_file_facts(self.weights)
+        if facts is not None:
+            backbone, alpha, has_top = facts
+            if backbone != self.backbone:
+                raise ValueError(f"weights file '{self.weights}' is for backbone {backbone}, "
+                                 f"not {self.backbone}")
+            if alpha != self.alpha:
+                raise ValueError(f"alpha {self.alpha:g} does not match weights file '{self.weights}' "
+                                 f"(made for alpha {alpha:g}): set alpha: {alpha:g} or use the "
+                                 f"alpha {self.alpha:g} file")
+            if has_top:
+                raise ValueError(f"weights file '{self.weights}' includes the classifier top; "
+                                 "use the '_no_top' file")
+        elif self.alpha not in WEIGHTS_ALPHAS[self.backbone]:
+            raise ValueError(f"alpha {self.alpha:g}: {self.backbone} ImageNet weights exist only for "
+                             f"alpha {list(WEIGHTS_ALPHAS[self.backbone])} (or set weights: none)")
+
+
+@dataclass
+class SearchSpace:
+    """The training recipe of one baseline family, searched around that baseline's own values.
+
+    Each list holds the values to try; the baseline's own value is added to its list and is the
+    default, and the first trial is the baseline's recipe unchanged."""
+    learning_rate: list[LearningRate] = field(default_factory=lambda: [3e-4, 1e-3, 3e-3])
+    dropout: list[Fraction] = field(default_factory=lambda: [0.3, 0.4, 0.5])  # dense; blocks get half
+    random_shift: list[Annotated[float, Range(0, 0.5, max_open=True)]] = field(
+        default_factory=lambda: [0.0, 0.1, 0.15])
+    optimizer: list[Optimizer] = field(default_factory=lambda: ["adam", "sgd"])
+
+
+@dataclass
+class TuneConfig:
+    # The `baselines` entry whose recipe is searched and beaten (checked against that section).
+    baseline: Annotated[str, NON_EMPTY] = "vgg_bn"
+    algorithm: Literal["random", "bayesian", "hyperband"] = "random"
+    objective: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    max_trials: Count = 6  # random and bayesian; hyperband sizes itself from max_epochs/factor
+    max_epochs: Count = 2  # per trial (hyperband: the most any trial gets)
+    factor: Annotated[int, Range(2)] = 2  # hyperband only
+    search_train_images: NonNegative = 16000  # seeded subset of the augmented set; 0: all
+    seed: Seed = 42
+    space: SearchSpace = field(default_factory=SearchSpace)
+
+
+@dataclass
+class EvaluateConfig:
+    selection_metric: SelectionMetric = "val_accuracy"
+    # Test-time variants scored for every model; the champion is chosen among all of them on
+    # validation, so a variant is released only where it helps there. flip: mean over mirror.
+    tta: list[Literal["none", "flip"]] = field(default_factory=lambda: ["none", "flip"])
+    ece_bins: Annotated[int, Range(2, 1000)] = 15
+    latency_calls: Count = 200
+    batch_size: Count = 256
+    registered_model_name: Annotated[str, NON_EMPTY] = "fer-emotion"
+
+
+@dataclass
+class ReleaseConfig:
+    max_megabytes: Annotated[float, Range(0, None, min_open=True)] = 10.0
+    sample_images: Annotated[int, Range(1, 1000)] = 8

@@ -1,0 +1,149 @@
+"""`ferpipe score DIR`: how well the model does on a labelled folder of one's own.
+
+The folder (or zip) is `<class>/<image>` or `<split>/<class>/<image>`, read by the reader of
+`prepare` (ferpipe.images). Images are decoded exactly as `prepare` makes training images
+(gray, centred square, resized to the model's input); `--detect` instead finds the largest
+face in each photo and crops it as `predict` does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+EXAMPLE = """example:
+  ferpipe score my_faces/              # my_faces/happy/*.jpg, my_faces/sad/*.jpg, ...
+  ferpipe score data/ --split test --json > scores.json
+  ferpipe score photos/ --detect --model models:/fer-emotion@champion"""
+
+
+def load_faces(root: Path, classes: list[str], image_px: int, split: str | None = None,
+               detect: bool = False, detector: str = "auto") -> tuple[np.ndarray, np.ndarray, dict]:
+    """(faces uint8 [N, px, px], labels [N], what was skipped and why), read by `prepare`'s
+    reader (ferpipe.images: the same layouts and size limits)."""
+    import cv2
+
+    from ferpipe.detect import detect_faces
+    from ferpipe.images import Skipped, decode, iter_images
+    from ferpipe.predict import crop_face
+
+    wanted = [c.lower() for c in classes]
+    faces, labels, unread = [], [], []
+    skipped = {"other_class": {}, "unreadable": [], "no_face": 0, "other_split": 0}
+    for name, part, cls, raw in iter_images(root, skip_corrupt=True, skipped=unread):
+        if split and part != split:
+            skipped["other_split"] += 1
+            continue
+        if cls not in wanted:
+            skipped["other_class"][cls] = skipped["other_class"].get(cls, 0) + 1
+            continue
+        try:
+            if detect:
+                gray = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_GRAYSCALE)
+                if gray is None:
+                    raise ValueError("cannot decode image")
+                boxes = detect_faces(gray, detector=detector)
+                if not boxes:
+                    skipped["no_face"] += 1
+                    continue
+                face = crop_face(gray, max(boxes, key=lambda b: b[2] * b[3]), image_px=image_px)
+            else:
+                face = decode(raw, image_px)  # exactly as `prepare` makes training images
+        except ValueError as err:  # EntryError (one line) or the detect branch's own
+            unread.append(Skipped(name, "undecodable", str(err)))
+            continue
+        faces.append(face)
+        labels.append(wanted.index(cls))
+    skipped["unreadable"] = [{"file": s.name, "error": s.detail} for s in unread
+                             if s.reason not in ("hidden", "not_image")]
+    if not faces:
+        found = sorted(skipped["other_class"])
+        raise ValueError(f"{root}: no labelled images of the model's classes {classes}"
+                         f"{f' in split {split!r}' if split else ''} (expected <class>/<image> or "
+                         f"<split>/<class>/<image>; other class folders found: {found})")
+    return np.stack(faces), np.array(labels, dtype=np.int64), skipped
+
+
+def metrics(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, macro-F1 over the classes present in the folder, per-class P/R/F1, confusion."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    labels = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    present = sorted(set(y.tolist()))
+    return {"images": int(len(y)), "accuracy": float(accuracy_score(y, pred)),
+            "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
+            "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]),
+                              "f1": float(f1[i]), "support": int(support[i])} for i, c in enumerate(classes)},
+            "confusion": {"rows_true_columns_predicted": classes,
+                          "matrix": confusion_matrix(y, pred, labels=labels).tolist()}}
+
+
+def text_report(result: dict) -> str:
+    classes = result["confusion"]["rows_true_columns_predicted"]
+    width = max(10, *(len(c) + 2 for c in classes))
+    lines = [f"{result['images']} images from {result['folder']} (model: {result['model']})",
+             f"accuracy {result['accuracy']:.4f}   macro-F1 {result['macro_f1']:.4f}", "",
+             f"{'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    for c, v in result["per_class"].items():
+        lines.append(f"{c:<{width}}{v['precision']:>10.3f}{v['recall']:>10.3f}{v['f1']:>10.3f}{v['support']:>10d}")
+    lines += ["", "confusion matrix (rows: true, columns: predicted)",
+              " " * width + "".join(f"{c:>{width}}" for c in classes)]
+    for c, row in zip(classes, result["confusion"]["matrix"]):
+        lines.append(f"{c:<{width}}" + "".join(f"{v:>{width}d}" for v in row))
+    skipped = result["skipped"]
+    notes = [f"{n} in other class folders {skipped['other_class']}" for n in
+             [sum(skipped["other_class"].values())] if n]
+    notes += [f"{skipped['no_face']} without a detected face"] if skipped["no_face"] else []
+    notes += [f"{len(skipped['unreadable'])} unreadable"] if skipped["unreadable"] else []
+    return "\n".join(lines + ([f"\nskipped: {'; '.join(notes)}"] if notes else []))
+
+
+def score_folder(root: str | Path, classifier: Any, split: str | None = None, detect: bool = False,
+                 detector: str = "auto") -> dict:
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such folder")
+    faces, y, skipped = load_faces(root, classifier.classes, getattr(classifier, "image_px", 48),
+                                   split, detect, detector)
+    pred = classifier.predict_proba(faces).argmax(axis=1)
+    return {"folder": str(root), "model": getattr(classifier, "source", "?"), "split": split or "all",
+            **metrics(y, pred, classifier.classes), "skipped": skipped}
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "score", help="accuracy, macro-F1, per-class P/R/F1 and confusion matrix on a labelled folder",
+        description="Score the model on a labelled folder: DIR/<class>/<image> or "
+                    "DIR/<split>/<class>/<image> (class folder names as the model's classes; others "
+                    "are counted and skipped). Images are taken as face crops, decoded as training "
+                    "data was, unless --detect.",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", metavar="DIR", help="labelled folder (or a zip in the split layout)")
+    parser.add_argument("--model", default=None,
+                        help="a .keras file or models:/NAME@ALIAS (default: models/release/model.keras)")
+    parser.add_argument("--split", choices=("train", "val", "test"), default=None,
+                        help="only this split of a <split>/<class>/ folder (default: all images)")
+    parser.add_argument("--detect", action="store_true",
+                        help="photos: classify the largest detected face instead of the whole image")
+    parser.add_argument("--detector", choices=("auto", "haar", "mtcnn"), default="auto",
+                        help="face detector for --detect (default: auto, MTCNN if installed)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from ferpipe.predict import load_classifier
+
+    classifier = load_classifier(args.model)
+    result = score_folder(args.folder, classifier, args.split, args.detect, args.detector)
+    for bad in result["skipped"]["unreadable"]:
+        print(f"error: {Path(args.folder) / bad['file']}: {bad['error']}", file=sys.stderr)
+    print(json.dumps(result) if args.json else text_report(result))
+    return 1 if result["skipped"]["unreadable"] else 0

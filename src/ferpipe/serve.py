@@ -1,0 +1,196 @@
+"""The champion as an MLflow pyfunc: 48x48 faces or whole photos in, emotions and boxes out.
+
+One request is a table with two optional columns; each row fills exactly one of them:
+- `face`: a 48x48 grid of gray pixels 0..255 (an already cropped face), or
+- `image`: the bytes of a photo (JPEG, PNG, ...), base64-encoded in JSON; faces are detected.
+
+Each row answers `{"faces": [{"box": [x, y, w, h], "emotion": ..., "probabilities": {...}}]}`;
+a `face` row has one entry whose box is the whole crop, a photo with no face an empty list.
+A bad row is refused with MlflowException(INVALID_PARAMETER_VALUE), which MLflow's scoring
+server answers with HTTP 400 and the message; any other exception would also be a 400, but
+with a generic message, so every check a user can fail is made here first.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import mlflow  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE  # noqa: E402
+
+IMAGE_PX = 48
+COLUMNS = ("image", "face")
+
+
+def bad_input(message: str) -> MlflowException:
+    """An error the scoring server answers with 400 and this message."""
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def input_schema() -> Any:
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+    return Schema([ColSpec(DataType.binary, "image", required=False),
+                   ColSpec(Array(Array(DataType.long)), "face", required=False)])
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    return isinstance(value, float) and np.isnan(value)
+
+
+def _face_array(value: Any, row: int, px: int = IMAGE_PX) -> np.ndarray:
+    try:
+        face = np.asarray(value.tolist() if isinstance(value, np.ndarray) else value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise bad_input(f"row {row}: 'face' must be a {px}x{px} grid of numbers 0..255") from None
+    if face.shape != (px, px):
+        raise bad_input(f"row {row}: 'face' has shape {list(face.shape)}, expected "
+                        f"[{px}, {px}] gray pixels (crop and resize faces first, "
+                        "or send the photo as 'image')")
+    if not np.isfinite(face).all() or face.min() < 0 or face.max() > 255:
+        raise bad_input(f"row {row}: 'face' pixels must be in 0..255")
+    return face.astype(np.uint8)
+
+
+def _decode_image(value: Any, row: int) -> np.ndarray:
+    """A BGR image from photo bytes, or from base64 text (str, or bytes where MLflow's `inputs`
+    form leaves the text undecoded)."""
+    import cv2
+
+    if isinstance(value, str):
+        value = value.encode("ascii", errors="replace")
+    if not isinstance(value, bytes | bytearray) or len(value) == 0:
+        # e.g. the `inputs` form, which MLflow turns into one row holding the whole list
+        raise bad_input(f"row {row}: 'image' must be one photo's bytes, base64-encoded, per row: "
+                        '{"dataframe_records": [{"image": "<base64>"}, ...]}')
+    image = cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR) if raw else None
+    if image is None:
+        raise bad_input(f"row {row}: 'image' ({len(value)} bytes) does not decode as an image; "
+                        "send a JPEG, PNG, BMP or TIFF file, base64-encoded")
+    return image
+
+
+def _rows(model_input: Any) -> list[dict]:
+    import pandas as pd
+
+    if isinstance(model_input, dict):
+        model_input = pd.DataFrame({k: list(v) for k, v in model_input.items()})
+    if not isinstance(model_input, pd.DataFrame):
+        raise bad_input(f"expected a table with columns {list(COLUMNS)}, got {type(model_input).__name__}")
+    # MLflow drops the columns the signature does not name, so a table of other columns arrives
+    # as empty as an empty batch does.
+    if len(model_input) == 0 or not set(model_input.columns) & set(COLUMNS):
+        raise bad_input("empty batch, or no 'face' or 'image' column: send rows like "
+                        '{"face": [[...48 pixels...], ...48 rows]} or {"image": "<base64 photo>"}')
+    return model_input.to_dict(orient="records")
+
+
+class FerEmotionModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc: artifacts `keras_model` (a .keras file) and `classes` (a JSON list)."""
+
+    def load_context(self, context: Any) -> None:
+        import keras
+
+        from ferpipe.predict import Classifier
+
+        path = context.artifacts["keras_model"]
+        classes = json.loads(Path(context.artifacts["classes"]).read_text())
+        self.classifier = Classifier(keras.models.load_model(path, compile=False), classes, path)
+
+    # No type hints here: MLflow would try to derive the signature from them.
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ARG002
+        """One {"faces": [...]} per row (see the module docstring)."""
+        rows = _rows(model_input)
+        faces, photos = {}, {}
+        for i, row in enumerate(rows):
+            image, face = row.get("image"), row.get("face")
+            if _is_missing(image) == _is_missing(face):
+                raise bad_input(f"row {i}: give exactly one of 'face' (48x48 pixels) or 'image' (photo bytes)")
+            if _is_missing(image):
+                faces[i] = _face_array(face, i, self.classifier.image_px)
+            else:
+                photos[i] = _decode_image(image, i)
+        out: list[dict] = [{"faces": []} for _ in rows]
+        classes, px = self.classifier.classes, self.classifier.image_px
+        if faces:
+            probs = self.classifier.predict_proba(np.stack(list(faces.values())))
+            for i, p in zip(faces, probs):
+                # rounded as `ferpipe predict` rounds them
+                out[i]["faces"] = [{"box": [0, 0, px, px], "emotion": classes[int(p.argmax())],
+                                    "probabilities": {c: round(float(v), 4) for c, v in zip(classes, p)}}]
+        if photos:
+            from ferpipe.predict import analyze_image
+
+            for i, image in photos.items():
+                out[i]["faces"] = analyze_image(image, self.classifier, detect=True)
+        return out
+
+
+def example_input(face: np.ndarray | None = None) -> Any:
+    """One photo row: a small PNG of `face` (MLflow cannot parse a binary column with nulls,
+    so one example cannot show both kinds of row; the README shows the face form)."""
+    import cv2
+    import pandas as pd
+
+    face = np.full((IMAGE_PX, IMAGE_PX), 128, np.uint8) if face is None else np.asarray(face, np.uint8)
+    ok, png = cv2.imencode(".png", cv2.resize(face, (96, 96), interpolation=cv2.INTER_CUBIC))
+    return pd.DataFrame({"image": [png.tobytes()]})
+
+
+def log_pyfunc(keras_model: str | Path | Any, classes: list[str], name: str = "model",
+               example_face: np.ndarray | None = None) -> Any:
+    """Log the pyfunc to the active run (signature, input example, this package as code);
+    returns its ModelInfo, whose `model_uri` is what the registry should register.
+
+    `keras_model`: a .keras file, or a Keras model (saved here first, e.g. a champion wrapped
+    for test-time augmentation). `example_face`: a 48x48 uint8 face for the input example."""
+    import keras
+    import pandas as pd
+    import tensorflow as tf
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.pyfunc import PythonModelContext
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if isinstance(keras_model, keras.Model):
+            from ferpipe.train import save_model
+
+            path = Path(tmp) / "model.keras"
+            save_model(keras_model, path)
+        else:
+            path = Path(keras_model)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: no such model file")
+        classes_path = Path(tmp) / "classes.json"
+        classes_path.write_text(json.dumps(list(classes)))
+        artifacts = {"keras_model": str(path), "classes": str(classes_path)}
+        example = example_input(example_face)
+        probe = FerEmotionModel()
+        probe.load_context(PythonModelContext(artifacts=artifacts, model_config=None))
+        px = probe.classifier.image_px
+        face_row = pd.DataFrame({"face": [np.full((px, px), 128).tolist()]})
+        output = infer_signature(None, probe.predict(None, face_row)).outputs
+        return mlflow.pyfunc.log_model(
+            name=name, python_model=FerEmotionModel(), artifacts=artifacts,
+            signature=ModelSignature(inputs=input_schema(), outputs=output), input_example=example,
+            code_paths=[str(Path(__file__).resolve().parent)],  # serves without ferpipe installed
+            pip_requirements=[f"mlflow=={mlflow.__version__}", f"tensorflow=={tf.__version__}",
+                              f"keras=={keras.__version__}", "opencv-python-headless<5",
+                              f"numpy=={np.__version__}", "pandas"])

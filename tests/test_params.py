@@ -1,0 +1,258 @@
+"""Params that must be refused, before TensorFlow loads, and what a new user sees (issue 11, 4-5)."""
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from ferpipe.augment import AugmentConfig
+from ferpipe.config import ConfigError, load_entry, load_section
+from ferpipe.data import PrepareConfig
+from ferpipe.params import (CNNSpec, EvaluateConfig, ReleaseConfig, TrainConfig, TransferSpec,
+                            TuneConfig, weights_file_facts)
+from ferpipe.quiet import drop_below
+
+V2_050 = "data/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5"
+V1_025 = "data/weights/mobilenet_2_5_224_tf_no_top.h5"
+CNN = "baselines:\n  m:\n    filters: [8]\n"
+TRANSFER = f"transfer:\n  m:\n    backbone: mobilenet_v2\n    alpha: 0.5\n    weights: {V2_050}\n"
+
+
+def write_params(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def load(path: Path, text: str):
+    """Load whatever `text` declares: a section, or the entry `m` of a model section."""
+    first = text.split(":", 1)[0]
+    entries = {"baselines": CNNSpec, "transfer": TransferSpec}
+    if first in entries:
+        return load_entry(first, "m", entries[first], path)
+    sections = {"train": TrainConfig, "tune": TuneConfig, "evaluate": EvaluateConfig,
+                "release": ReleaseConfig, "augment": AugmentConfig, "prepare": PrepareConfig}
+    return load_section(first, sections[first], path)
+
+
+def _key(value: str) -> str:
+    """Test ids: the key each case is about."""
+    return value.split(" ")[0].removeprefix("params.yaml:") if value.startswith("params.yaml") else ""
+
+
+@pytest.mark.parametrize("text, message", ids=_key, argvalues=[
+    # Keras' "You must call compile()" before; a useless model and exit 0 before.
+    (CNN + "    epochs: 0\n", "params.yaml:baselines.m.epochs: 0 is out of range [1, inf)"),
+    (CNN + "    learning_rate: -0.01\n", "params.yaml:baselines.m.learning_rate: -0.01 is out of range (0, 1]"),
+    (CNN + "    kernel: 4\n", "params.yaml:baselines.m.kernel: 4 is not one of [1, 3, 5, 7]"),
+    (CNN + "    kernel: true\n", "params.yaml:baselines.m.kernel: True is not one of [1, 3, 5, 7]"),
+    (CNN + "    block_dropout: 1.0\n", "params.yaml:baselines.m.block_dropout: 1.0 is out of range [0, 1)"),
+    (CNN + "    dense_dropout: .nan\n", "params.yaml:baselines.m.dense_dropout: nan is out of range [0, 1)"),
+    ("baselines:\n  m:\n    filters: []\n", "params.yaml:baselines.m.filters: must not be empty, got []"),
+    ("baselines:\n  m:\n    filters: [8, -4]\n", r"params.yaml:baselines.m.filters[1]: -4 is out of range [1, 4096]"),
+    # Silently Adam before, while MLflow logged rmsprop.
+    ("tune:\n  space:\n    optimizer: [rmsprop]\n",
+     "params.yaml:tune.space.optimizer[0]: 'rmsprop' is not one of ['adam', 'adamw', 'sgd']"),
+    ("tune:\n  space:\n    dropout: [-0.1]\n", "params.yaml:tune.space.dropout[0]: -0.1 is out of range [0, 1)"),
+    ("tune:\n  space:\n    depth: [9]\n", "params.yaml:tune.space: unknown key 'depth'"),
+    ("tune:\n  search_train_images: -5\n", "params.yaml:tune.search_train_images: -5 is out of range [0, inf)"),
+    ("tune:\n  factor: 1\n", "params.yaml:tune.factor: 1 is out of range [2, inf)"),
+    ("tune:\n  baseline: ''\n", "params.yaml:tune.baseline: must not be empty, got ''"),
+    ("tune:\n  algorithm: grid\n", "params.yaml:tune.algorithm: 'grid' is not one of ['random', 'bayesian', 'hyperband']"),
+    ("train:\n  early_stopping_patience: -1\n", "params.yaml:train.early_stopping_patience: -1 is out of range [0, inf)"),
+    ("train:\n  min_learning_rate: -0.00001\n", "params.yaml:train.min_learning_rate: -1e-05 is out of range [0, 1)"),
+    ("train:\n  weight_decay: -0.1\n", "params.yaml:train.weight_decay: -0.1 is out of range [0, 1)"),
+    ("train:\n  reduce_lr_factor: 1\n", "params.yaml:train.reduce_lr_factor: 1.0 is out of range (0, 1)"),
+    ("train:\n  seed: -1\n", "params.yaml:train.seed: -1 is out of range [0, 4294967295]"),
+    ("train:\n  optimizer: rmsprop\n", "params.yaml:train.optimizer: 'rmsprop' is not one of ['adam', 'adamw', 'sgd']"),
+    ("train:\n  min_learning_rate: 1e-5\n",
+     "params.yaml:train.min_learning_rate: expected float, got '1e-5' (YAML reads 1e-5 as text"),
+    (TRANSFER + "    dropout: -0.2\n", "params.yaml:transfer.m.dropout: -0.2 is out of range [0, 1)"),
+    (TRANSFER + "    head_epochs: -1\n", "params.yaml:transfer.m.head_epochs: -1 is out of range [0, inf)"),
+    (TRANSFER + "    head_epochs: 0\n    finetune_epochs: 0\n",
+     "params.yaml:transfer.m: head_epochs + finetune_epochs must be >= 1"),
+    (TRANSFER + "    backbone: resnet\n", "params.yaml:transfer.m.backbone: 'resnet' is not one of ['mobilenet', "),
+    # A Keras shape error naming neither key nor file before.
+    (TRANSFER + "    alpha: 0.3\n",
+     f"params.yaml:transfer.m: alpha 0.3 does not match weights file '{V2_050}' (made for alpha 0.5): "
+     "set alpha: 0.5 or use the alpha 0.3 file"),
+    (f"transfer:\n  m:\n    backbone: mobilenet\n    alpha: 0.5\n    weights: {V1_025}\n",
+     f"params.yaml:transfer.m: alpha 0.5 does not match weights file '{V1_025}' (made for alpha 0.25)"),
+    (f"transfer:\n  m:\n    backbone: mobilenet\n    alpha: 0.5\n    weights: {V2_050}\n",
+     f"params.yaml:transfer.m: weights file '{V2_050}' is for backbone mobilenet_v2, not mobilenet"),
+    ("transfer:\n  m:\n    backbone: mobilenet_v2\n    alpha: 0.3\n    weights: imagenet\n",
+     "params.yaml:transfer.m: alpha 0.3: mobilenet_v2 ImageNet weights exist only for alpha [0.35, 0.5,"),
+    ("augment:\n  rotation_deg: -5\n", "params.yaml:augment.rotation_deg: -5.0 is out of range [0, 180]"),
+    ("augment:\n  shear: -0.3\n", "params.yaml:augment.shear: -0.3 is out of range [0, 1]"),
+    ("augment:\n  preview_images: 0\n", "params.yaml:augment.preview_images: 0 is out of range [1, 64]"),
+    ("evaluate:\n  ece_bins: 1\n", "params.yaml:evaluate.ece_bins: 1 is out of range [2, 1000]"),
+    ("release:\n  max_megabytes: 0\n", "params.yaml:release.max_megabytes: 0.0 is out of range (0, inf)"),
+    ("prepare:\n  source: ''\n", "params.yaml:prepare: source must name a zip archive or a folder"),
+    ("prepare:\n  source: x.zip\n  classes: [happy, Happy]\n",
+     "params.yaml:prepare: classes must be 2 or more distinct names (case-insensitive"),
+])
+def test_bad_param_is_refused_naming_file_key_and_value(tmp_path, text, message):
+    with pytest.raises(ConfigError) as err:
+        load(write_params(tmp_path, text), text)
+    assert str(err.value).replace(f"{tmp_path}/", "").startswith(message), str(err.value)
+
+
+@pytest.mark.parametrize("text", ids=lambda text: text.strip().splitlines()[-1].strip(), argvalues=[
+    CNN + "    epochs: 1\n    learning_rate: 1\n    kernel: 3.0\n",
+    TRANSFER + "    head_epochs: 0\n",
+    "transfer:\n  m:\n    backbone: mobilenet_v2\n    alpha: 0.3\n    weights: none\n",
+    f"transfer:\n  m:\n    backbone: mobilenet\n    alpha: 0.25\n    weights: {V1_025}\n",
+    "tune:\n  space:\n    optimizer: []\n",  # the baseline's own optimizer is always tried
+    "train:\n  min_learning_rate: 1.0e-5\n",
+])
+def test_edge_values_are_accepted(tmp_path, text):
+    load(write_params(tmp_path, text), text)
+
+
+def test_the_official_weights_file_names_are_read():
+    assert weights_file_facts(V2_050) == ("mobilenet_v2", 0.5, False)
+    assert weights_file_facts(V1_025) == ("mobilenet", 0.25, False)
+    assert weights_file_facts("mobilenet_7_5_224_tf.h5") == ("mobilenet", 0.75, True)
+    assert weights_file_facts("my_weights.h5") is None
+
+
+def test_backbone_names_are_those_the_builder_knows():
+    from ferpipe.models import BACKBONES  # imports TensorFlow
+    from ferpipe.params import BACKBONE_NAMES
+
+    assert sorted(BACKBONE_NAMES) == sorted(BACKBONES)
+
+
+def test_yaml_syntax_error_names_line_and_column(tmp_path):
+    path = write_params(tmp_path, "train:\n  batch_size: 64\n  seed: [42\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: invalid YAML at line 4, column 1: "):
+        load_section("train", TrainConfig, path)
+
+
+BAD_PARAMS = {  # one wrong value for each stage's own section
+    "prepare.py": "prepare:\n  source: ''\n",
+    "augment.py": "augment:\n  shear: -1\n",
+    "train_baseline.py": "baselines:\n  m: {filters: [8], epochs: 0}\n",
+    "transfer.py": f"transfer:\n  m: {{backbone: mobilenet_v2, alpha: 0.3, weights: {V2_050}}}\n",
+    "tune.py": "tune:\n  space: {optimizer: [rmsprop]}\n",
+    "evaluate.py": "evaluate:\n  ece_bins: 0\n",
+    "release.py": "release:\n  sample_images: -1\n",
+}
+# Runs a stage script as `python stages/x.py m` would, then says what it had imported.
+RUN_STAGE = """
+import runpy, sys
+sys.argv = [sys.argv[1], "m"]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    print(sorted(m for m in ("tensorflow", "keras", "mlflow") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("script", sorted(BAD_PARAMS))
+def test_stage_refuses_bad_params_before_loading_tensorflow_or_mlflow(tmp_path, script):
+    write_params(tmp_path, BAD_PARAMS[script])
+    proc = subprocess.run([sys.executable, "-c", RUN_STAGE, str(ROOT / "stages" / script)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: params.yaml:"), proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"  # none of the slow imports happened
+
+
+def test_tiny_outside_a_project_says_where_to_run_it_and_leaves_no_dest(tmp_path):
+    dest = tmp_path / "tiny"
+    proc = subprocess.run([sys.executable, "-m", "ferpipe.tiny", str(dest), "--source", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {tmp_path}: not a ferpipe project (needs dvc.yaml, params.yaml and stages/): "
+        "run this in the repo root, or pass --source REPO"]
+    assert not dest.exists()
+
+
+def test_tiny_failing_half_way_removes_what_it_wrote(tmp_path):
+    dest = tmp_path / "tiny"
+    env = {**os.environ, "PATH": str(tmp_path)}  # no git: fails after copying the project
+    proc = subprocess.run([sys.executable, "-m", "ferpipe.tiny", str(dest), "--source", str(ROOT)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == ["error: [Errno 2] No such file or directory: 'git'"]
+    assert not dest.exists()
+
+
+def test_tiny_refuses_a_dest_that_is_not_empty(tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    proc = subprocess.run([sys.executable, "-m", "ferpipe.tiny", str(tmp_path), "--source", str(ROOT)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "already exists and is not an empty folder" in proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_tensorflow_startup_records_below_the_level_are_dropped():
+    noise = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+             "I0000 00:00:1795774467.163606    9350 port.cc:153] oneDNN custom operations are on.\n"
+             "I0000 00:00:1795774467.291681    9350 cpu_feature_guard.cc:227] This TensorFlow binary\n"
+             "To enable the following instructions: AVX2 FMA, in other operations, rebuild\n"
+             "E0000 00:00:1795774502.194235    9350 cuda_platform.cc:52] failed call to cuInit\n"
+             "Traceback (most recent call last):\n")
+    assert drop_below(noise, 2) == ("E0000 00:00:1795774502.194235    9350 cuda_platform.cc:52] failed "
+                                    "call to cuInit\nTraceback (most recent call last):\n")
+    assert drop_below(noise, 3) == ""  # the traceback belongs to the E record above it
+    assert drop_below(noise, 0) == noise.split("\n", 1)[1]
+
+
+NOISE = ["failed call to cuInit", "absl::InitializeLog", "oneDNN custom operations",
+         "Could not find cuda drivers", "cpu_feature_guard", "`shuffle=True` was passed",
+         "Failed to resolve installed pip version"]
+FIT_AND_LOG = """
+import numpy as np
+from ferpipe.train import make_dataset  # any ferpipe import comes before TensorFlow
+import keras
+model = keras.Sequential([keras.Input((2, 2, 1)), keras.layers.Flatten(),
+                          keras.layers.Dense(2, activation="softmax")])
+model.compile("adam", "categorical_crossentropy")
+data = make_dataset(np.zeros((4, 2, 2, 1), "uint8"), np.array([0, 1, 0, 1]), 2, 2, shuffle_seed=0)
+model.fit(data, epochs=1, verbose=0)
+from mlflow.utils.environment import _mlflow_conda_env
+_mlflow_conda_env(additional_pip_deps=["keras"])  # what mlflow.keras.log_model writes
+print("fitted")
+"""
+
+
+@pytest.mark.slow
+def test_cpu_training_prints_no_startup_noise():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}
+    proc = subprocess.run([sys.executable, "-c", FIT_AND_LOG], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0 and "fitted" in proc.stdout, proc.stderr[-3000:]
+    if not Path("/proc/driver/nvidia/version").exists():  # a GPU machine may log its devices
+        assert [line for line in NOISE if line in proc.stderr] == [], proc.stderr[-3000:]
+    # The user's own setting wins: TensorFlow's start-up lines come back.
+    proc = subprocess.run([sys.executable, "-c", "import ferpipe, tensorflow"], capture_output=True,
+                          env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"}, text=True, timeout=600)
+    assert proc.returncode == 0 and any(line in proc.stderr for line in NOISE), proc.stderr[-3000:]
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_prepare_shows_a_progress_bar_in_a_terminal_only(tmp_path, monkeypatch, terminal):
+    from ferpipe.data import prepare
+    from ferpipe.tiny import make_archive
+
+    archive = make_archive(tmp_path / "faces.zip", ["happy", "sad"], per_class=6, extra_classes=())
+    stderr = FakeTerminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    prepare(PrepareConfig(source=str(archive), classes=["happy", "sad"], val_fraction=0.25,
+                          test_fraction=0.25), tmp_path / "out", tmp_path / "data.json")
+    if terminal:
+        assert f"prepare: reading {archive}" in stderr.getvalue() and "12 images" in stderr.getvalue()
+    else:  # logs and pipes stay clean
+        assert stderr.getvalue() == ""

@@ -1,0 +1,168 @@
+"""The champion as an MLflow pyfunc: in-process, and behind `mlflow models serve` on 127.0.0.1.
+
+The release model is logged with `ferpipe.serve.log_pyfunc` into a fresh SQLite tracking DB and
+registered as `fer-emotion@champion` the way the evaluate stage does it."""
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+RELEASE = ROOT / "models/release"
+
+
+def jpeg_b64(image: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=90)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory):
+    """(tracking URI, classes, sample faces, their release-model probabilities)."""
+    import mlflow
+
+    from ferpipe.registry import register_champion
+    from ferpipe.serve import log_pyfunc
+
+    root = tmp_path_factory.mktemp("serve")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    classes = json.loads((RELEASE / "model_card.json").read_text())["classes"]
+    samples = np.load(RELEASE / "samples.npz")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.create_experiment("serve-test", artifact_location=str(root / "artifacts"))
+        with mlflow.start_run(experiment_id=experiment):
+            info = log_pyfunc(RELEASE / "model.keras", classes, example_face=samples["x"][0])
+        register_champion(info.model_uri, "fer-emotion", "val_accuracy", 0.5, True, "test", "release")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return uri, classes, samples["x"], samples["probs"]
+
+
+def test_pyfunc_answers_faces_and_photos_in_process(champion):
+    import mlflow
+    import pandas as pd
+    from skimage import data
+
+    uri, classes, faces, probs = champion
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/fer-emotion@champion")
+    assert model.metadata.signature is not None
+    assert {c.name for c in model.metadata.signature.inputs} == {"face", "image"}
+
+    out = model.predict(pd.DataFrame({"face": [f.tolist() for f in faces[:3]]}))
+    assert len(out) == 3
+    for row, expected in zip(out, probs[:3]):
+        (face,) = row["faces"]
+        assert face["box"] == [0, 0, 48, 48]
+        np.testing.assert_allclose([face["probabilities"][c] for c in classes], expected, atol=1e-4)
+        assert face["emotion"] == classes[int(np.argmax(expected))]
+
+    photos = [base64.b64decode(jpeg_b64(data.astronaut())), base64.b64decode(jpeg_b64(data.coffee()))]
+    astronaut, coffee = model.predict(pd.DataFrame({"image": photos}))
+    assert coffee["faces"] == []
+    assert len(astronaut["faces"]) >= 1
+    x, y, w, h = astronaut["faces"][0]["box"]
+    assert 0 <= x < x + w <= 512 and 0 <= y < y + h <= 512 and w >= 48
+    assert astronaut["faces"][0]["emotion"] in classes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(champion, tmp_path_factory):
+    """`mlflow models serve -m models:/fer-emotion@champion --env-manager local` on a free port."""
+    uri = champion[0]
+    cwd = tmp_path_factory.mktemp("server")
+    port = free_port()
+    log = (cwd / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/fer-emotion@champion",
+         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        # MLflow execs `uvicorn` by name: the venv's bin must be on PATH (`uv run` puts it there).
+        cwd=cwd, env={**os.environ, "MLFLOW_TRACKING_URI": uri,
+                      "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+        stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)  # its own process group: uvicorn's workers stop with it
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600  # a busy CI machine loads TF slowly
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("mlflow models serve did not start:\n"
+                                         + (cwd / "serve.log").read_text()[-3000:]) from None
+                time.sleep(1)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # stop the server by its process (group) id
+            proc.wait(timeout=60)
+        log.close()
+
+
+def post(url: str, body: bytes | str) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{url}/invocations", data=body if isinstance(body, bytes) else body.encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_served_champion_answers_faces_and_photos(server, champion):
+    from skimage import data
+
+    _, classes, faces, probs = champion
+    status, body = post(server, json.dumps({"dataframe_records": [{"face": f.tolist()} for f in faces[:2]]}))
+    assert status == 200, body
+    got = [[row["faces"][0]["probabilities"][c] for c in classes] for row in body["predictions"]]
+    np.testing.assert_allclose(got, probs[:2], atol=1e-4)
+
+    status, body = post(server, json.dumps({"dataframe_records": [{"image": jpeg_b64(data.astronaut())},
+                                                                  {"image": jpeg_b64(data.coffee())}]}))
+    assert status == 200, body
+    astronaut, coffee = body["predictions"]
+    assert astronaut["faces"] and astronaut["faces"][0]["emotion"] in classes
+    assert len(astronaut["faces"][0]["box"]) == 4 and coffee["faces"] == []
+
+
+@pytest.mark.parametrize("payload, reason", [
+    ('{"dataframe_records": [{"face": [[1, 2', "valid JSON"),
+    (json.dumps({"dataframe_records": [{"face": [[0] * 10] * 10}]}), "expected [48, 48]"),
+    (json.dumps({"dataframe_records": [{"face": [[999] * 48] * 48}]}), "0..255"),
+    (json.dumps({"dataframe_records": [{"face": [["a"] * 48] * 48}]}), "face"),
+    (json.dumps({"dataframe_records": [{"image": base64.b64encode(b"not an image").decode()}]}),
+     "does not decode as an image"),
+    (json.dumps({"dataframe_records": []}), "empty batch"),
+    (json.dumps({"dataframe_records": [{"pixels": [1, 2, 3]}]}), "no 'face' or 'image' column"),
+    (json.dumps({"dataframe_records": [{"face": [[1, 2], [3, 4]]}, {"image": "aGVsbG8="}]}), "image"),
+])
+def test_bad_payloads_get_400_with_the_reason(server, payload, reason):
+    status, body = post(server, payload)
+    assert status == 400, body
+    assert reason in body["message"]
