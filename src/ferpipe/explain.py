@@ -57,7 +57,7 @@ def explained_model(model: Any) -> Any:
                  if isinstance(layer, keras.Model) and len(layer.output.shape) == 2]
         if len(inner) != 1:
             raise
-        return inner[0]
+        return explained_model(inner[0])  # the release may itself be such a wrapper
 
 
 def _score_model(model: Any, features: Any) -> Any:
