@@ -1,7 +1,8 @@
 # Two commands for users: `make run` (install + fetch data + whole pipeline) and `make test`.
 # uv bootstraps into pip's user folder (~/.local/bin on Linux), often not on PATH: the targets call
 # it by its full path, and `make install` says how to reach it when `uv` alone would not work.
-UV ?= $(shell command -v uv 2>/dev/null || echo "$$(python3 -m site --user-base 2>/dev/null || echo $(HOME)/.local)/bin/uv")
+# (Not `python3 -m site --user-base`: inside a virtualenv it prints the path and still exits 1.)
+UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
 .PHONY: install run test smoke ui
 
