@@ -32,7 +32,9 @@ def test_outputs_of_every_stage(tiny_project):
         assert (tiny_project / f"models/trained/{name}/model.keras").exists()
         assert json.loads((tiny_project / f"metrics/train/{name}.json").read_text())["epochs_run"] >= 1
     evaluation = json.loads((tiny_project / "metrics/evaluate.json").read_text())
-    assert set(evaluation["models"]) == set(models)
+    # every model as it is and with each test-time variant (flip averaging)
+    assert set(evaluation["models"]) == {f"{m}{v}" for m in models for v in ("", "+flip")}
+    assert evaluation["champion"].split("+")[0] == evaluation["champion_model"] in models
     best = max(evaluation["models"].values(), key=lambda m: m["val_accuracy"])
     assert evaluation["val"]["accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-4)
     for name in models:
