@@ -55,7 +55,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def expand(paths: list[str]) -> Iterator[tuple[Path, Path | None]]:
     """(file, the folder argument it was found in, or None for a file argument)."""
-    from ferpipe.data import IMAGE_SUFFIXES  # imports pandas: not for `--help`
+    from ferpipe.images import IMAGE_SUFFIXES  # imports PIL: not for `--help`
 
     media = IMAGE_SUFFIXES | VIDEO_SUFFIXES
     for name in paths:

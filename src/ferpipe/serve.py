@@ -15,14 +15,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import mlflow  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
