@@ -148,6 +148,20 @@ def test_predict_folder_annotates_and_reports_bad_files_in_one_line(cli, media, 
     assert not np.array_equal(cv2.imread(str(out / "collage.png")), cv2.imread(str(media / "photos" / "collage.png")))
 
 
+def test_a_phone_photo_stored_sideways_is_read_upright(cli, tmp_path):
+    """Phones store pixels as the sensor saw them and an EXIF tag saying how to turn them."""
+    from PIL import Image
+
+    sideways = Image.fromarray(np.ascontiguousarray(np.rot90(sd.astronaut(), k=1)))
+    exif = sideways.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to view
+    sideways.save(tmp_path / "phone.jpg", "JPEG", quality=95, exif=exif.tobytes())
+    rc, lines, _ = cli("predict", tmp_path / "phone.jpg")
+    faces = [json.loads(line) for line in lines]
+    assert rc == 0 and len(faces) == 1 and faces[0]["emotion"] == "happy"
+    assert inside(faces[0]["box"], ASTRONAUT_FACE)  # in the upright picture's coordinates
+
+
 def test_predict_video_gives_per_frame_lines_and_a_summary(cli, media, tmp_path):
     rc, lines, err = cli("predict", media / "clip.avi", "--every", "2", "--annotate", tmp_path)
     assert rc == 0, err
