@@ -39,6 +39,7 @@ def shifted(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
 
 def scores(probs: np.ndarray, y: np.ndarray, bias: np.ndarray | None = None) -> tuple[float, float, float]:
     """(accuracy, macro-F1, sad recall) of argmax(log p + bias)."""
+    probs = probs / probs.sum(axis=1, keepdims=True)  # sums over views become means
     pred = (np.log(np.clip(probs, 1e-12, 1)) + (0 if bias is None else bias)).argmax(1)
     return ((pred == y).mean(), f1_score(y, pred, average="macro"),
             recall_score(y, pred, average=None, zero_division=0)[SAD])
@@ -83,6 +84,7 @@ def main() -> None:
     data = {split: load_split(args.prepared, split)[:2] for split in ("val", "test")}
     probs = {}
     for split, (x, y) in data.items():
+        # Sums, not means: `scores` takes the argmax only, and halves are added below.
         def views(offsets):
             return sum(predict_probs(model, shifted(x, dy, dx), 256) for dy, dx in offsets)
 
