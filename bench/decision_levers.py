@@ -84,7 +84,7 @@ def main() -> None:
     data = {split: load_split(args.prepared, split)[:2] for split in ("val", "test")}
     probs = {}
     for split, (x, y) in data.items():
-        # Sums, not means: `scores` takes the argmax only, and halves are added below.
+        # Sums over views: `scores` normalises them to means.
         def views(offsets):
             return sum(predict_probs(model, shifted(x, dy, dx), 256) for dy, dx in offsets)
 

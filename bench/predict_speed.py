@@ -9,7 +9,6 @@ time, all threads) is shown too because wall time is inflated when other jobs sh
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -21,9 +20,10 @@ import cv2
 import numpy as np
 import skimage.data as sd
 
-# As `ferpipe predict` runs (ferpipe/cli.py): set before TensorFlow starts.
-os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from ferpipe.cli import use_one_interop_thread  # noqa: E402
+
+use_one_interop_thread()  # as `ferpipe predict` runs; before TensorFlow starts
 from ferpipe.detect import detect_faces, has_mtcnn  # noqa: E402
 from ferpipe.predict import analyze_image, analyze_video, load_classifier  # noqa: E402
 

@@ -15,6 +15,15 @@ import traceback
 # Command modules, in the order `ferpipe --help` lists them.
 COMMANDS = ["ferpipe.predict_cli", "ferpipe.score", "ferpipe.explain", "ferpipe.demo"]
 
+
+
+def use_one_interop_thread() -> None:
+    """For face-at-a-time work: one inter-op thread cut a face from 4.7 to 3.8 ms here (no pool
+    hand-offs for a chain of small ops); `score`'s 256-face batches lose 15% with it. TensorFlow
+    reads this when it starts, so call it before TensorFlow is imported."""
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+
+
 EXAMPLE = """examples:
   ferpipe predict photo.jpg                   # one JSON line per face
   ferpipe predict photos/ clip.mp4 --annotate out/
@@ -44,10 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
     if args.command != "score":
-        # Face-at-a-time commands: one inter-op thread cut a face from 4.7 to 3.8 ms here (no
-        # pool hand-offs for a chain of small ops); `score`'s 256-face batches lose 15% with it.
-        # TensorFlow reads this when it starts, which the commands do only inside `run`.
-        os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+        use_one_interop_thread()
     try:
         code = args.func(args)
     except KeyboardInterrupt:
