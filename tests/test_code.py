@@ -146,3 +146,19 @@ def test_ece_and_champion_selection():
     assert choose_champion(tied, "val_accuracy") == "b"
     tied[0]["val_accuracy"] = 0.86
     assert choose_champion(tied, "val_accuracy") == "b+flip"
+
+
+@pytest.mark.parametrize("best, base, winner_is_baseline, objective, retrained", [
+    (0.4514, 0.4374, False, "val_accuracy", False),  # the mixup search's 1.4-point lead: noise
+    (0.4900, 0.4374, False, "val_accuracy", True),   # 5 points on 1,934 faces: beyond noise
+    (0.4374, 0.4374, True, "val_accuracy", False),   # the baseline's recipe won
+    (0.4900, None, False, "val_accuracy", True),     # nothing to compare with: retrain
+    (0.6000, 0.6100, False, "val_loss", True),       # no noise bound for a loss
+])
+def test_tuner_retrains_only_a_winner_beyond_noise(best, base, winner_is_baseline, objective, retrained):
+    from ferpipe.tune import retrain_winner
+    summary = {"best_search_score": best, "baseline_search_score": base,
+               "winner_is_baseline": winner_is_baseline}
+    decision, reason = retrain_winner(summary, objective, val_images=1934)
+    assert decision is retrained
+    assert reason and "\n" not in reason

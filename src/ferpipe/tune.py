@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -94,7 +95,11 @@ class MLflowTrials:
                               experiment_id=experiment_id, nested=True, tags=tags):
             mlflow.log_params(trial.hyperparameters.values)
             results = super().run_trial(trial, *args, **kwargs)
-            mlflow.log_metrics({k: sum(r[k] for r in results) / len(results) for k in results[0]})
+            # Under its own names: the per-epoch val_accuracy above would hide a step-0 value
+            # behind the last epoch's in MLflow's "latest" columns, and the trial's score is the
+            # kept epoch's, which the oracle ranks by.
+            mlflow.log_metrics({f"trial_{k}": sum(r[k] for r in results) / len(results)
+                                for k in results[0]})
             return results
 
 
@@ -161,12 +166,40 @@ def close_stale_trials(parent_run_id: str) -> int:
     return len(stale)
 
 
+# A lead of two standard errors of the difference of two independent accuracies on the
+# validation faces. Trials are seen on the same faces, so the paired error is smaller and this
+# bar is conservative, on purpose: a retrain costs the baseline's whole budget (about 90 min for
+# vgg_bn), and short trials rank full runs poorly (README, "Does the tuner earn its place").
+LEAD_Z = 2.0
+
+
+def retrain_winner(summary: dict, objective: str, val_images: int) -> tuple[bool, str]:
+    """Whether the search's winner earned a retrain: it beat the baseline's own trial by more
+    than validation noise. Returns the decision and a one-line reason for the run's record."""
+    best, base = summary["best_search_score"], summary["baseline_search_score"]
+    if summary["winner_is_baseline"]:
+        return False, "the winner is the baseline's own recipe"
+    if base is None:
+        return True, "the baseline's own recipe had no completed trial to compare with"
+    if objective != "val_accuracy":
+        return True, f"objective {objective}: no noise bound, the winner is retrained"
+    noise = LEAD_Z * math.sqrt((best * (1 - best) + base * (1 - base)) / max(val_images, 1))
+    lead = best - base
+    verdict = "retrained" if lead > noise else "kept the baseline's recipe"
+    return lead > noise, (f"winner leads the baseline's trial by {lead:.4f} on {val_images} faces; "
+                          f"noise bar {noise:.4f} ({LEAD_Z:g} standard errors): {verdict}")
+
+
+def recipe(hp: kt.HyperParameters) -> dict:
+    """A trial's searched values, without Hyperband's own bookkeeping ("tuner/epochs", ...)."""
+    return {k: v for k, v in hp.values.items() if not k.startswith("tuner/")}
+
+
 def summarize(tuner: kt.Tuner) -> dict:
     trials = list(tuner.oracle.trials.values())
     done = [t for t in trials if t.status == "COMPLETED"]
     best = tuner.oracle.get_best_trials(1)[0]
-    # Hyperband's own bookkeeping ("tuner/epochs", ...) is not a hyperparameter.
-    values = {k: v for k, v in best.hyperparameters.values.items() if not k.startswith("tuner/")}
+    values = recipe(best.hyperparameters)
     defaults = tuner.oracle.hyperparameters.values
     baseline = [t for t in done if all(t.hyperparameters.values.get(k) == v for k, v in defaults.items())]
     return {"trials_total": len(trials), "trials_completed": len(done),
