@@ -86,8 +86,9 @@ def main() -> None:
             model = build_cnn(spec, num_classes, name="tuned")
             data = load_train_data(AUGMENTED_DIR, PREPARED_DIR, train_cfg.max_train_images,
                                    train_cfg.seed)
-            result = fit(model, data, final_cfg, [Phase("final", spec.epochs, spec.learning_rate,
-                                                        random_shift=spec.random_shift)])
+            final = Phase("final", spec.epochs, spec.learning_rate, random_shift=spec.random_shift,
+                          mixup_alpha=spec.mixup_alpha)
+            result = fit(model, data, final_cfg, [final])
             metrics = write_outputs(model, result, "tuned", **output_paths("tuned"))
         # The tuned model's own recipe (the release's model card cites it), not always the winner's.
         write_json(BEST_HPARAMS, {"search_id": project, "baseline": cfg.baseline, **recipe(chosen)})

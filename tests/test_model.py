@@ -152,14 +152,14 @@ def test_tuner_builds_the_baselines_architecture_with_each_recipe():
 def test_selection_follows_val_accuracy_with_ema_shifts_and_mixup_byte_for_byte(tmp_path):
     """The recipe the champion trains with: the kept weights are the best epoch by validation
     accuracy (EMA weights), and two runs save the very same bytes."""
-    cfg = TrainConfig(batch_size=16, ema_momentum=0.9, mixup_alpha=0.2, label_smoothing=0.1,
+    cfg = TrainConfig(batch_size=16, ema_momentum=0.9, label_smoothing=0.1,
                       early_stopping_patience=2)
     files, results = [], []
     for run in range(2):
         keras.backend.clear_session()  # layer names restart, as in a fresh stage process
         set_determinism(3)
         model = build_cnn(CNN_SPECS["bn_gap"], 4)
-        results.append(fit(model, toy_data(), cfg, [Phase("t", 7, 3e-3, random_shift=0.1)],
+        results.append(fit(model, toy_data(), cfg, [Phase("t", 7, 3e-3, random_shift=0.1, mixup_alpha=0.2)],
                            log_to_mlflow=False))
         save_model(model, tmp_path / f"{run}.keras")
         files.append((tmp_path / f"{run}.keras").read_bytes())

@@ -50,7 +50,6 @@ class TrainConfig:
     # Polyak averaging of the weights (0: off). Validation, early stopping and the saved model
     # all use the averaged weights, so one lucky epoch of raw weights is not what is kept.
     ema_momentum: Fraction = 0.0
-    mixup_alpha: Annotated[float, Range(0)] = 0.0  # 0: off; keras.layers.MixUp on each training batch
     max_train_images: NonNegative = 0  # 0: all; a seeded subset otherwise (tiny runs)
     mixed_precision: bool = False
     seed: Seed = 42
@@ -73,6 +72,9 @@ class CNNSpec:
     # by the trainer's input pipeline (not a model layer: Keras 3 image layers default to
     # training=True, so one inside the model would shift at inference under a plain call). 0: off.
     random_shift: Annotated[float, Range(0, 0.5, max_open=True)] = 0.0
+    # keras.layers.MixUp on each training batch, Beta(alpha, alpha) weights (0: off). Per model,
+    # like the shifts: a 4-epoch net has no overfitting for it to cure.
+    mixup_alpha: Annotated[float, Range(0, 10)] = 0.0
     epochs: Count = 20  # 0 would train nothing and leave an uncompiled model
     learning_rate: LearningRate = 1e-3
 

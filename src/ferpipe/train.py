@@ -49,6 +49,7 @@ class Phase:
     learning_rate: float
     before: Callable[[keras.Model], None] | None = None
     random_shift: float = 0.0  # online shifts of the training images, fraction of the side
+    mixup_alpha: float = 0.0  # online mixup of the training batches (0: off)
 
 
 def load_train_data(augmented_dir: Path | str, prepared_dir: Path | str, max_train_images: int = 0,
@@ -163,7 +164,7 @@ def fit(model: keras.Model, data: TrainData, cfg: TrainConfig, phases: list[Phas
         if phase.before:
             phase.before(model)
         train_ds = make_dataset(data.x_train, data.y_train, k, cfg.batch_size, shuffle_seed=cfg.seed,
-                                mixup_alpha=cfg.mixup_alpha, random_shift=phase.random_shift)
+                                mixup_alpha=phase.mixup_alpha, random_shift=phase.random_shift)
         ema = uses_ema(cfg, phase.epochs * -(-len(data.x_train) // cfg.batch_size))
         model.compile(optimizer=make_optimizer(cfg, phase.learning_rate, ema),
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
