@@ -17,7 +17,11 @@ def champion_params(name: str) -> dict:
         if name in params.get(section, {}):
             return {section: {name: params[section][name]}, "train": params["train"]}
     tuned = Path("models/trained") / name / "best_hyperparameters.json"
-    return {"tune": json.loads(tuned.read_text()) if tuned.exists() else {}, "train": params["train"]}
+    recipe = json.loads(tuned.read_text()) if tuned.exists() else {}
+    # The searched values apply on top of the baseline's section (architecture, mixup, epochs).
+    base = recipe.get("baseline")
+    baseline = {base: params["baselines"][base]} if base in params.get("baselines", {}) else {}
+    return {"baselines": baseline, "tune": recipe, "train": params["train"]}
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Stage `tune`: Keras Tuner search over the best baseline's recipe, then retrain the winner.
+"""Stage `tune`: Keras Tuner search over the best baseline's recipe, then retrain the winner if its
+lead over the baseline's own trial is beyond validation noise (else the baseline's model is kept).
 
 Distributed: run this same script on every machine with KERASTUNER_TUNER_ID=chief (one,
 via `dvc repro tune`) or worker<N>, plus KERASTUNER_ORACLE_IP/_PORT naming the chief.
