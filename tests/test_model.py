@@ -179,3 +179,18 @@ def test_flip_tta_is_the_mean_over_the_mirror_and_loads_with_plain_keras(tmp_pat
     save_model(with_flip_tta(model), tmp_path / "tta.keras")
     loaded = keras.models.load_model(tmp_path / "tta.keras")
     np.testing.assert_allclose(loaded(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_mixed_precision_trains_with_shifts_and_mixup():
+    """train.mixed_precision with the champion's recipe: the data layers stay float32 (MixUp
+    under the bf16 policy used to fail on mixing float32 weights with bf16 images)."""
+    cfg = TrainConfig(batch_size=16, early_stopping_patience=10, mixed_precision=True)
+    try:
+        set_determinism(0, mixed_precision=True)
+        model = build_cnn(CNN_SPECS["vgg"], 4)
+        result = fit(model, toy_data(), cfg, [Phase("t", 3, 3e-3, random_shift=0.1, mixup_alpha=0.2)],
+                     log_to_mlflow=False)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.compute_dtype == "bfloat16"
+    assert all(np.isfinite(row["loss"]) for row in result["history"])

@@ -85,12 +85,14 @@ def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int
     ds = ds.batch(batch_size).map(
         lambda a, b: (tf.cast(a, tf.float32), tf.one_hot(b, num_classes)),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # The data layers run in float32 whatever the global policy: under mixed_bfloat16, MixUp's
+    # float32 mixing weights met bf16 images and failed, and shifted pixels lost precision.
     if random_shift > 0:
         shift = keras.layers.RandomTranslation(random_shift, random_shift, fill_mode="nearest",
-                                               seed=shuffle_seed)
+                                               seed=shuffle_seed, dtype="float32")
         ds = ds.map(lambda images, labels: (shift(images, training=True), labels))
     if mixup_alpha > 0:
-        mixup = keras.layers.MixUp(alpha=mixup_alpha, seed=shuffle_seed)
+        mixup = keras.layers.MixUp(alpha=mixup_alpha, seed=shuffle_seed, dtype="float32")
 
         def mix(images, labels):
             out = mixup({"images": images, "labels": labels}, training=True)
