@@ -64,6 +64,7 @@ def main() -> None:
         raise SystemExit(f"error: no MLflow experiment '{args.experiment}' at {args.tracking_uri}")
     runs = client.search_runs([experiment.experiment_id], max_results=5000)
     by_id = {r.info.run_id: r for r in runs}
+    trials = {(r.data.tags.get("mlflow.parentRunId"), r.data.tags.get("trial_id")): r for r in runs}
 
     short, full = defaultdict(set), defaultdict(list)
     for run in runs:
@@ -72,24 +73,22 @@ def main() -> None:
         if parent is not None and parent.data.tags.get("stage") == "tune":
             score = short_score(client, run)
             if score is not None and run.info.status == "FINISHED":
-                protocol = (parent.data.params["tune.max_epochs"], parent.data.params["tune.search_train_images"])
-                short[trial_key(run, parent)].add((round(score, 4), protocol))
+                short[trial_key(run, parent)].add(round(score, 4))
         elif run.info.status != "FINISHED" or "final_val_accuracy" not in run.data.metrics:
             continue
         elif tags.get("stage") == "train_baselines" and tags.get("model_name") == args.baseline:
             full[full_key(run)].append((run.data.metrics["final_val_accuracy"], tags.get("git_commit", "")[:7]))
         elif tags.get("stage") == "tune" and "best_trial_id" in tags:  # a retrained winner
-            winner = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id
-                      and r.data.tags.get("trial_id") == tags["best_trial_id"]]
+            winner = trials.get((run.info.run_id, tags["best_trial_id"]))
             if winner:
-                full[trial_key(winner[0], run)].append(
+                full[trial_key(winner, run)].append(
                     (run.data.metrics["final_val_accuracy"], tags.get("git_commit", "")[:7]))
 
     print(f"{'dropout, shift, lr, optimizer, mixup':<40} {'epochs':>6} {'short':>7} {'full':>7}  commits")
     pairs = []
-    for key in sorted(short, key=lambda k: -max(s for s, _ in short[k])):
+    for key in sorted(short, key=lambda k: -max(short[k])):
         recipe, _, epochs = key
-        scores = sorted({s for s, _ in short[key]})
+        scores = sorted(short[key])
         fulls = full.get(key, [])
         mean_full = sum(v for v, _ in fulls) / len(fulls) if fulls else None
         print(f"{str(recipe):<40} {epochs:>6} {'/'.join(f'{s:.4f}' for s in scores):>7} "
