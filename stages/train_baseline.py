@@ -15,9 +15,7 @@ def main() -> None:
 
     def build(num_classes: int):
         model = build_cnn(spec, num_classes, name=name)
-        return model, [Phase("train", spec.epochs, spec.learning_rate,
-                             random_shift=spec.random_shift,
-                             mixup_alpha=spec.mixup_alpha)]
+        return model, [Phase.for_spec("train", spec)]
 
     metrics = run_training_stage("train_baselines", name, spec, cfg, build)
     print(f"{name}: val_accuracy={metrics['val_accuracy']:.4f} params={metrics['params']} "

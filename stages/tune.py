@@ -87,9 +87,7 @@ def main() -> None:
             model = build_cnn(spec, num_classes, name="tuned")
             data = load_train_data(AUGMENTED_DIR, PREPARED_DIR, train_cfg.max_train_images,
                                    train_cfg.seed)
-            final = Phase("final", spec.epochs, spec.learning_rate, random_shift=spec.random_shift,
-                          mixup_alpha=spec.mixup_alpha)
-            result = fit(model, data, final_cfg, [final])
+            result = fit(model, data, final_cfg, [Phase.for_spec("final", spec)])
             metrics = write_outputs(model, result, "tuned", **output_paths("tuned"))
         # The tuned model's own recipe (the release's model card cites it), not always the winner's.
         write_json(BEST_HPARAMS, {"search_id": project, "baseline": cfg.baseline, **recipe(chosen)})

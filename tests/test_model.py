@@ -149,6 +149,26 @@ def test_tuner_builds_the_baselines_architecture_with_each_recipe():
         assert spec.random_shift == shift and spec.filters == base.filters and optimizer == "adam"
 
 
+def test_tuner_trials_train_with_the_baselines_whole_recipe(monkeypatch):
+    """A trial differs from the baseline only in what the search sets: mixup (not searched)
+    must come along, or the search would rank recipes the baseline never trains with."""
+    import keras_tuner as kt
+
+    import ferpipe.tune
+    from ferpipe.tune import CNNHyperModel, TuneConfig
+    phases = []
+    monkeypatch.setattr(ferpipe.tune, "fit", lambda model, data, cfg, ph, **kw: phases.extend(ph)
+                        or {"val_accuracy": 0.5, "val_loss": 1.0})
+    base = CNNSpec(filters=[8], dense_units=[8], random_shift=0.1, mixup_alpha=0.2, epochs=22)
+    hp = kt.HyperParameters()
+    hp.Fixed("random_shift", 0.15)
+    CNNHyperModel(TuneConfig(), TrainConfig(), base, 4).fit(hp, None, None, epochs=3, initial_epoch=1)
+    [phase] = phases
+    assert (phase.epochs, phase.mixup_alpha, phase.random_shift) == (2, 0.2, 0.15)
+    assert Phase.for_spec("train", base) == Phase("train", 22, base.learning_rate, random_shift=0.1,
+                                                  mixup_alpha=0.2)
+
+
 def test_selection_follows_val_accuracy_with_ema_shifts_and_mixup_byte_for_byte(tmp_path):
     """The recipe the champion trains with: the kept weights are the best epoch by validation
     accuracy (EMA weights), and two runs save the very same bytes."""

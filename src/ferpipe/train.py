@@ -17,7 +17,7 @@ import tensorflow as tf  # noqa: E402
 
 from ferpipe.files import load_split  # noqa: E402
 from ferpipe.files import atomic_path, write_json  # noqa: E402
-from ferpipe.params import TrainConfig  # noqa: E402,F401 (declared TF-free, see ferpipe.params)
+from ferpipe.params import CNNSpec, TrainConfig  # noqa: E402,F401 (declared TF-free, see ferpipe.params)
 from ferpipe.tracking import log_keras_model, stage_run, try_log, use_tracking  # noqa: E402
 
 PREPARED_DIR = Path("data/prepared")
@@ -50,6 +50,13 @@ class Phase:
     before: Callable[[keras.Model], None] | None = None
     random_shift: float = 0.0  # online shifts of the training images, fraction of the side
     mixup_alpha: float = 0.0  # online mixup of the training batches (0: off)
+
+    @classmethod
+    def for_spec(cls, name: str, spec: CNNSpec, epochs: int | None = None) -> "Phase":
+        """The one phase of a hand-built CNN, with its whole recipe: the baseline, each tuner
+        trial (`epochs` set to the trial's) and the tuned retrain all build it here."""
+        return cls(name, spec.epochs if epochs is None else epochs, spec.learning_rate,
+                   random_shift=spec.random_shift, mixup_alpha=spec.mixup_alpha)
 
 
 def load_train_data(augmented_dir: Path | str, prepared_dir: Path | str, max_train_images: int = 0,

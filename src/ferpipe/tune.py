@@ -61,8 +61,7 @@ class CNNHyperModel(kt.HyperModel):
             callbacks=None, **kwargs):
         spec, optimizer = self.spec(hp, epochs)
         cfg = dataclasses.replace(self.train_cfg, optimizer=optimizer)
-        phase = Phase("search", epochs - initial_epoch, spec.learning_rate,
-                      random_shift=spec.random_shift, mixup_alpha=spec.mixup_alpha)
+        phase = Phase.for_spec("search", spec, epochs=epochs - initial_epoch)
         result = fit(model, data, cfg, [phase], extra_callbacks=callbacks)
         return {"val_accuracy": result["val_accuracy"], "val_loss": result["val_loss"]}
 
