@@ -25,7 +25,7 @@ from ferpipe.cli import use_one_interop_thread  # noqa: E402
 
 use_one_interop_thread()  # as `ferpipe predict` runs; before TensorFlow starts
 from ferpipe.detect import detect_faces, has_mtcnn  # noqa: E402
-from ferpipe.predict import analyze_image, analyze_video, load_classifier  # noqa: E402
+from ferpipe.inference import analyze_image, analyze_video, load_classifier  # noqa: E402
 
 
 def timed(fn: Callable[[], object], calls: int) -> tuple[float, float]:

@@ -6,7 +6,7 @@ Each configuration runs in its own process (op determinism and the dtype policy 
 process-wide), on the same synthetic 48x48 images, and is timed over the epochs after the
 first (tracing and warm-up excluded):
 
-- trainer:       ferpipe.train.fit, as the pipeline trains (tf.data, callbacks, determinism)
+- trainer:       ferpipe.pipeline.train.fit, as the pipeline trains (tf.data, callbacks, determinism)
 - bare:          model.fit on in-memory arrays, same model/optimizer/batch, op determinism on
 - bare_nondet:   the same without op determinism
 - bare_bf16:     the same with the mixed_bfloat16 policy
@@ -33,8 +33,8 @@ CONFIGS = ["trainer", "bare", "bare_nondet", "bare_bf16"]
 def model_spec(name: str):
     import yaml
 
-    from ferpipe.config import from_dict
-    from ferpipe.params import CNNSpec
+    from ferpipe.pipeline.config import from_dict
+    from ferpipe.pipeline.params import CNNSpec
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     return from_dict(CNNSpec, params["baselines"][name], f"params.yaml:baselines.{name}")
@@ -70,9 +70,9 @@ def run_one(config: str, name: str, images: int, epochs: int) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from ferpipe.models import build_cnn
-    from ferpipe.params import TrainConfig
-    from ferpipe.train import Phase, TrainData, fit, set_determinism
+    from ferpipe.pipeline.models import build_cnn
+    from ferpipe.pipeline.params import TrainConfig
+    from ferpipe.pipeline.train import Phase, TrainData, fit, set_determinism
 
     spec = model_spec(name)
     rng = np.random.default_rng(0)

@@ -1,8 +1,8 @@
 """Stage `augment`: materialise augmented copies of the training split, plus a preview."""
 from pathlib import Path
 
-from ferpipe.augment import AugmentConfig, augment
-from ferpipe.config import load_section, run_main
+from ferpipe.pipeline.augment import AugmentConfig, augment
+from ferpipe.pipeline.config import load_section, run_main
 
 PREPARED = Path("data/prepared")
 OUT_DIR = Path("data/augmented")
@@ -14,7 +14,7 @@ def main() -> None:
     # Imported only now: MLflow takes seconds to load, and a params mistake is reported at once.
     import mlflow
 
-    from ferpipe.tracking import stage_run
+    from ferpipe.pipeline.tracking import stage_run
 
     with stage_run("augment", vars(cfg), PREPARED):
         counts = augment(cfg, PREPARED, OUT_DIR, PREVIEW)

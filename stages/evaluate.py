@@ -1,8 +1,8 @@
 """Stage `evaluate`: compare every trained model, pick the champion on validation, register it."""
 from pathlib import Path
 
-from ferpipe.config import load_section, run_main
-from ferpipe.params import EvaluateConfig
+from ferpipe.pipeline.config import load_section, run_main
+from ferpipe.pipeline.params import EvaluateConfig
 
 PREPARED = Path("data/prepared")
 MODELS = Path("models/trained")
@@ -19,12 +19,12 @@ def main() -> None:
     import mlflow
 
     from ferpipe.files import load_split
-    from ferpipe.evaluate import (SELECTION, choose_champion, evaluate_model, flat_row,
+    from ferpipe.pipeline.evaluate import (SELECTION, choose_champion, evaluate_model, flat_row,
                                   load_candidate, text_report, write_reports)
     from ferpipe.explain import gradcam_grid
-    from ferpipe.registry import register_champion
-    from ferpipe.serve import log_pyfunc
-    from ferpipe.tracking import data_version, stage_run
+    from ferpipe.pipeline.registry import register_champion
+    from ferpipe.web.pyfunc import log_pyfunc
+    from ferpipe.pipeline.tracking import data_version, stage_run
 
     x_val, y_val, classes = load_split(PREPARED, "val")
     x_test, y_test, _ = load_split(PREPARED, "test")

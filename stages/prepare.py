@@ -1,8 +1,8 @@
 """Stage `prepare`: grayscale 48x48 arrays + manifest + data report from the raw archive."""
 from pathlib import Path
 
-from ferpipe.config import load_section, run_main
-from ferpipe.data import PrepareConfig, prepare
+from ferpipe.pipeline.config import load_section, run_main
+from ferpipe.pipeline.data import PrepareConfig, prepare
 
 OUT_DIR = Path("data/prepared")
 REPORT = Path("metrics/data.json")
@@ -13,7 +13,7 @@ def main() -> None:
     # Imported only now: MLflow takes seconds to load, and a params mistake is reported at once.
     import mlflow
 
-    from ferpipe.tracking import flatten, stage_run
+    from ferpipe.pipeline.tracking import flatten, stage_run
 
     with stage_run("prepare", vars(cfg), cfg.source):
         report = prepare(cfg, OUT_DIR, REPORT)

@@ -2,8 +2,8 @@
 import json
 from pathlib import Path
 
-from ferpipe.config import load_section, read_params, run_main
-from ferpipe.params import ReleaseConfig
+from ferpipe.pipeline.config import load_section, read_params, run_main
+from ferpipe.pipeline.params import ReleaseConfig
 
 EVALUATION = Path("metrics/evaluate.json")
 TIMING = Path("reports/timing/evaluate.json")
@@ -30,8 +30,8 @@ def main() -> None:
     import mlflow
 
     from ferpipe.files import load_split
-    from ferpipe.release import export, model_card, write_card
-    from ferpipe.tracking import data_version, git_state, stage_run
+    from ferpipe.pipeline.release import export, model_card, write_card
+    from ferpipe.pipeline.tracking import data_version, git_state, stage_run
 
     evaluation = json.loads(EVALUATION.read_text())
     name, model_name = evaluation["champion"], evaluation["champion_model"]

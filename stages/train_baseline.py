@@ -1,8 +1,8 @@
 """Stage `train_baselines@<name>`: train one hand-built CNN declared under params `baselines`."""
 import sys
 
-from ferpipe.config import load_entry, load_section, run_main
-from ferpipe.params import CNNSpec, TrainConfig
+from ferpipe.pipeline.config import load_entry, load_section, run_main
+from ferpipe.pipeline.params import CNNSpec, TrainConfig
 
 
 def main() -> None:
@@ -10,8 +10,8 @@ def main() -> None:
     spec = load_entry("baselines", name, CNNSpec)
     cfg = load_section("train", TrainConfig)
     # Imported only now: TensorFlow takes ~10 s to load, and a params mistake is reported at once.
-    from ferpipe.models import build_cnn
-    from ferpipe.train import Phase, run_training_stage
+    from ferpipe.pipeline.models import build_cnn
+    from ferpipe.pipeline.train import Phase, run_training_stage
 
     def build(num_classes: int):
         model = build_cnn(spec, num_classes, name=name)

@@ -1,8 +1,8 @@
 """Stage `transfer@<name>`: an ImageNet backbone declared under params `transfer`, two phases."""
 import sys
 
-from ferpipe.config import load_entry, load_section, run_main
-from ferpipe.params import TrainConfig, TransferSpec
+from ferpipe.pipeline.config import load_entry, load_section, run_main
+from ferpipe.pipeline.params import TrainConfig, TransferSpec
 
 
 def main() -> None:
@@ -10,8 +10,8 @@ def main() -> None:
     spec = load_entry("transfer", name, TransferSpec)
     cfg = load_section("train", TrainConfig)
     # Imported only now: TensorFlow takes ~10 s to load, and a params mistake is reported at once.
-    from ferpipe.models import build_transfer, unfreeze_top
-    from ferpipe.train import Phase, run_training_stage
+    from ferpipe.pipeline.models import build_transfer, unfreeze_top
+    from ferpipe.pipeline.train import Phase, run_training_stage
 
     def build(num_classes: int):
         model, backbone = build_transfer(spec, num_classes, name=name)

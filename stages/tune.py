@@ -10,8 +10,8 @@ import os
 import shutil
 from pathlib import Path
 
-from ferpipe.config import load_entry, load_section, run_main
-from ferpipe.params import CNNSpec, TrainConfig, TuneConfig
+from ferpipe.pipeline.config import load_entry, load_section, run_main
+from ferpipe.pipeline.params import CNNSpec, TrainConfig, TuneConfig
 
 TUNER_DIR = Path("tuning")
 BEST_HPARAMS = Path("models/trained/tuned/best_hyperparameters.json")
@@ -26,11 +26,11 @@ def main() -> None:
     import mlflow
 
     from ferpipe.files import write_json
-    from ferpipe.models import build_cnn
-    from ferpipe.tracking import data_version, stage_run, use_tracking
-    from ferpipe.train import (AUGMENTED_DIR, PREPARED_DIR, Phase, fit, load_train_data, output_paths,
+    from ferpipe.pipeline.models import build_cnn
+    from ferpipe.pipeline.tracking import data_version, stage_run, use_tracking
+    from ferpipe.pipeline.train import (AUGMENTED_DIR, PREPARED_DIR, Phase, fit, load_train_data, output_paths,
                                set_determinism, write_outputs)
-    from ferpipe.tune import (close_stale_trials, find_parent_run, is_worker, make_tuner,
+    from ferpipe.pipeline.tune import (close_stale_trials, find_parent_run, is_worker, make_tuner,
                               recipe, retrain_winner, search_id, summarize)
 
     set_determinism(train_cfg.seed, train_cfg.mixed_precision)

@@ -26,8 +26,8 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True,
 def tiny_project(tmp_path_factory) -> Path:
     """A copy of this repo with tiny params and data, after one full `dvc repro`.
 
-    FERPIPE_TINY_PROJECT=<dir> reuses one made earlier (`python -m ferpipe.tiny` + `dvc repro`)."""
-    from ferpipe.tiny import make_project
+    FERPIPE_TINY_PROJECT=<dir> reuses one made earlier (`python -m ferpipe.pipeline.tiny` + `dvc repro`)."""
+    from ferpipe.pipeline.tiny import make_project
 
     if os.environ.get("FERPIPE_TINY_PROJECT"):
         return Path(os.environ["FERPIPE_TINY_PROJECT"])

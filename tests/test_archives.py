@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import ferpipe.data as data
-from ferpipe.data import PrepareConfig, content_hash, decode, iter_images, prepare
+import ferpipe.pipeline.data as data
+from ferpipe.pipeline.data import PrepareConfig, content_hash, decode, iter_images, prepare
 from ferpipe.files import load_split
-from ferpipe.tiny import make_archive, synthetic_image
+from ferpipe.pipeline.tiny import make_archive, synthetic_image
 
 CLASSES = ["happy", "neutral", "sad", "surprise"]
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from ferpipe.config import ConfigError, load_entry, load_section
-from ferpipe.data import PrepareConfig
+from ferpipe.pipeline.config import ConfigError, load_entry, load_section
+from ferpipe.pipeline.data import PrepareConfig
 from ferpipe.files import atomic_path, write_npz
-from ferpipe.models import CNNSpec
-from ferpipe.tiny import TINY_PARAMS, merge
+from ferpipe.pipeline.models import CNNSpec
+from ferpipe.pipeline.tiny import TINY_PARAMS, merge
 
 
 def write_params(tmp_path: Path, text: str) -> Path:
@@ -21,18 +21,18 @@ def write_params(tmp_path: Path, text: str) -> Path:
 
 
 def test_real_params_file_is_valid():
-    from ferpipe.augment import AugmentConfig
-    from ferpipe.evaluate import EvaluateConfig
-    from ferpipe.release import ReleaseConfig
-    from ferpipe.train import TrainConfig
-    from ferpipe.tune import TuneConfig
+    from ferpipe.pipeline.augment import AugmentConfig
+    from ferpipe.pipeline.evaluate import EvaluateConfig
+    from ferpipe.pipeline.release import ReleaseConfig
+    from ferpipe.pipeline.train import TrainConfig
+    from ferpipe.pipeline.tune import TuneConfig
 
     params = ROOT / "params.yaml"
     for section, cls in [("prepare", PrepareConfig), ("augment", AugmentConfig), ("train", TrainConfig),
                          ("tune", TuneConfig), ("evaluate", EvaluateConfig), ("release", ReleaseConfig)]:
         load_section(section, cls, params)
     import yaml
-    from ferpipe.models import TransferSpec
+    from ferpipe.pipeline.models import TransferSpec
     raw = yaml.safe_load(params.read_text())
     for name in raw["baselines"]:
         load_entry("baselines", name, CNNSpec, params)
@@ -88,7 +88,7 @@ def test_missing_input_marks_mlflow_run_failed(tmp_path):
 
 OPEN_TRACKING = """
 import sys
-from ferpipe.tracking import use_tracking
+from ferpipe.pipeline.tracking import use_tracking
 use_tracking(sys.argv[1])
 """
 
@@ -127,7 +127,7 @@ def test_tiny_params_merge_replaces_model_sections():
 
 
 def test_ece_and_champion_selection():
-    from ferpipe.evaluate import choose_champion, expected_calibration_error
+    from ferpipe.pipeline.evaluate import choose_champion, expected_calibration_error
 
     y = np.array([0, 1, 0, 1])
     confident_right = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
@@ -156,7 +156,7 @@ def test_ece_and_champion_selection():
     (0.6000, 0.6100, False, "val_loss", True),       # no noise bound for a loss
 ])
 def test_tuner_retrains_only_a_winner_beyond_noise(best, base, winner_is_baseline, objective, retrained):
-    from ferpipe.tune import retrain_winner
+    from ferpipe.pipeline.tune import retrain_winner
     summary = {"best_search_score": best, "baseline_search_score": base,
                "winner_is_baseline": winner_is_baseline}
     decision, reason = retrain_winner(summary, objective, val_images=1934)

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ferpipe.augment import AugmentConfig, augment, augment_split
-from ferpipe.data import PrepareConfig, prepare
+from ferpipe.pipeline.augment import AugmentConfig, augment, augment_split
+from ferpipe.pipeline.data import PrepareConfig, prepare
 from ferpipe.files import load_split
-from ferpipe.tiny import make_archive, synthetic_image
+from ferpipe.pipeline.tiny import make_archive, synthetic_image
 
 CLASSES = ["happy", "neutral", "sad", "surprise"]
 

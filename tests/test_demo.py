@@ -55,7 +55,7 @@ def photos(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_result_shows_a_label_and_a_bar_per_class_for_each_face():
-    from ferpipe.demo import annotate, result_html
+    from ferpipe.web.demo import annotate, result_html
 
     image = np.full((200, 300, 3), 90, np.uint8)
     faces = [{"box": [20, 30, 80, 80], "emotion": "happy",
@@ -95,8 +95,8 @@ def app_url():
     """The demo app in this process (uvicorn in a thread), on 127.0.0.1."""
     import uvicorn
 
-    from ferpipe.demo import create_app
-    from ferpipe.predict import load_classifier
+    from ferpipe.web.demo import create_app
+    from ferpipe.inference import load_classifier
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(load_classifier(str(RELEASE))), host="127.0.0.1",

@@ -40,7 +40,7 @@ def test_gradcam_reaches_into_a_backbone_and_a_tta_wrapper_and_refuses_a_model_w
     import keras
 
     from ferpipe.explain import gradcam
-    from ferpipe.models import TransferSpec, build_transfer, with_flip_tta
+    from ferpipe.pipeline.models import TransferSpec, build_transfer, with_flip_tta
 
     base, _, x, _ = release
     wrapped = gradcam(with_flip_tta(base), x[:2], class_index=[0, 1])  # the champion may be wrapped

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from ferpipe.data import DataError, decode, iter_images
+from ferpipe.pipeline.data import DataError, decode, iter_images
 
 pytestmark = pytest.mark.filterwarnings("error")  # a warning would be a second line of output
 EXAMPLES = int(os.environ.get("FERPIPE_FUZZ_EXAMPLES", "0"))

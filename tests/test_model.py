@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from ferpipe.models import (BACKBONES, CNNSpec, TransferSpec, build_cnn, build_transfer,
+from ferpipe.pipeline.models import (BACKBONES, CNNSpec, TransferSpec, build_cnn, build_transfer,
                             preprocessing_layers, resolve_weights, unfreeze_top)
-from ferpipe.tiny import synthetic_image
-from ferpipe.train import Phase, TrainConfig, TrainData, fit, save_model, set_determinism
+from ferpipe.pipeline.tiny import synthetic_image
+from ferpipe.pipeline.train import Phase, TrainConfig, TrainData, fit, save_model, set_determinism
 
 WEIGHTS = ROOT / "data" / "weights"
 REAL_BACKBONES = [
@@ -135,7 +135,7 @@ def test_missing_weights_file_says_where_to_put_it():
 def test_tuner_builds_the_baselines_architecture_with_each_recipe():
     import keras_tuner as kt
 
-    from ferpipe.tune import CNNHyperModel, TuneConfig
+    from ferpipe.pipeline.tune import CNNHyperModel, TuneConfig
     base = CNN_SPECS["vgg"]
     hypermodel = CNNHyperModel(TuneConfig(), TrainConfig(), base, num_classes=4)
     reference = build_cnn(base, 4)
@@ -154,10 +154,10 @@ def test_tuner_trials_train_with_the_baselines_whole_recipe(monkeypatch):
     must come along, or the search would rank recipes the baseline never trains with."""
     import keras_tuner as kt
 
-    import ferpipe.tune
-    from ferpipe.tune import CNNHyperModel, TuneConfig
+    import ferpipe.pipeline.tune
+    from ferpipe.pipeline.tune import CNNHyperModel, TuneConfig
     phases = []
-    monkeypatch.setattr(ferpipe.tune, "fit", lambda model, data, cfg, ph, **kw: phases.extend(ph)
+    monkeypatch.setattr(ferpipe.pipeline.tune, "fit", lambda model, data, cfg, ph, **kw: phases.extend(ph)
                         or {"val_accuracy": 0.5, "val_loss": 1.0})
     base = CNNSpec(filters=[8], dense_units=[8], random_shift=0.1, mixup_alpha=0.2, epochs=22)
     hp = kt.HyperParameters()
@@ -191,7 +191,7 @@ def test_selection_follows_val_accuracy_with_ema_shifts_and_mixup_byte_for_byte(
 
 
 def test_flip_tta_is_the_mean_over_the_mirror_and_loads_with_plain_keras(tmp_path):
-    from ferpipe.models import with_flip_tta
+    from ferpipe.pipeline.models import with_flip_tta
 
     model = build_cnn(CNN_SPECS["vgg"], 4)
     x = toy_data().x_val[:6].astype("float32")

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from ferpipe.augment import AugmentConfig
-from ferpipe.config import ConfigError, load_entry, load_section
-from ferpipe.data import PrepareConfig
-from ferpipe.params import (CNNSpec, EvaluateConfig, ReleaseConfig, TrainConfig, TransferSpec,
+from ferpipe.pipeline.augment import AugmentConfig
+from ferpipe.pipeline.config import ConfigError, load_entry, load_section
+from ferpipe.pipeline.data import PrepareConfig
+from ferpipe.pipeline.params import (CNNSpec, EvaluateConfig, ReleaseConfig, TrainConfig, TransferSpec,
                             TuneConfig, weights_file_facts)
 from ferpipe.quiet import drop_below
 
@@ -120,8 +120,8 @@ def test_the_official_weights_file_names_are_read():
 
 
 def test_backbone_names_are_those_the_builder_knows():
-    from ferpipe.models import BACKBONES  # imports TensorFlow
-    from ferpipe.params import BACKBONE_NAMES
+    from ferpipe.pipeline.models import BACKBONES  # imports TensorFlow
+    from ferpipe.pipeline.params import BACKBONE_NAMES
 
     assert sorted(BACKBONE_NAMES) == sorted(BACKBONES)
 
@@ -165,7 +165,7 @@ def test_stage_refuses_bad_params_before_loading_tensorflow_or_mlflow(tmp_path, 
 
 def test_tiny_outside_a_project_says_where_to_run_it_and_leaves_no_dest(tmp_path):
     dest = tmp_path / "tiny"
-    proc = subprocess.run([sys.executable, "-m", "ferpipe.tiny", str(dest), "--source", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "ferpipe.pipeline.tiny", str(dest), "--source", str(tmp_path)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
@@ -177,7 +177,7 @@ def test_tiny_outside_a_project_says_where_to_run_it_and_leaves_no_dest(tmp_path
 def test_tiny_failing_half_way_removes_what_it_wrote(tmp_path):
     dest = tmp_path / "tiny"
     env = {**os.environ, "PATH": str(tmp_path)}  # no git: fails after copying the project
-    proc = subprocess.run([sys.executable, "-m", "ferpipe.tiny", str(dest), "--source", str(ROOT)],
+    proc = subprocess.run([sys.executable, "-m", "ferpipe.pipeline.tiny", str(dest), "--source", str(ROOT)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == ["error: [Errno 2] No such file or directory: 'git'"]
@@ -186,7 +186,7 @@ def test_tiny_failing_half_way_removes_what_it_wrote(tmp_path):
 
 def test_tiny_refuses_a_dest_that_is_not_empty(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
-    proc = subprocess.run([sys.executable, "-m", "ferpipe.tiny", str(tmp_path), "--source", str(ROOT)],
+    proc = subprocess.run([sys.executable, "-m", "ferpipe.pipeline.tiny", str(tmp_path), "--source", str(ROOT)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "already exists and is not an empty folder" in proc.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
@@ -210,7 +210,7 @@ NOISE = ["failed call to cuInit", "absl::InitializeLog", "oneDNN custom operatio
          "Failed to resolve installed pip version"]
 FIT_AND_LOG = """
 import numpy as np
-from ferpipe.train import make_dataset  # any ferpipe import comes before TensorFlow
+from ferpipe.pipeline.train import make_dataset  # any ferpipe import comes before TensorFlow
 import keras
 model = keras.Sequential([keras.Input((2, 2, 1)), keras.layers.Flatten(),
                           keras.layers.Dense(2, activation="softmax")])
@@ -244,8 +244,8 @@ class FakeTerminal(io.StringIO):
 
 @pytest.mark.parametrize("terminal", [True, False])
 def test_prepare_shows_a_progress_bar_in_a_terminal_only(tmp_path, monkeypatch, terminal):
-    from ferpipe.data import prepare
-    from ferpipe.tiny import make_archive
+    from ferpipe.pipeline.data import prepare
+    from ferpipe.pipeline.tiny import make_archive
 
     archive = make_archive(tmp_path / "faces.zip", ["happy", "sad"], per_class=6, extra_classes=())
     stderr = FakeTerminal() if terminal else io.StringIO()

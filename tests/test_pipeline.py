@@ -64,7 +64,7 @@ def test_mlflow_holds_one_finished_run_per_stage_with_params_and_metrics(tiny_pr
     champion = client.get_model_version_by_alias("fer-emotion", "champion")
     assert champion.tags["model_name"] == json.loads(
         (tiny_project / "metrics/evaluate.json").read_text())["champion"]
-    served = mlflow.pyfunc.load_model(f"models:/fer-emotion@champion")
+    served = mlflow.pyfunc.load_model("models:/fer-emotion@champion")
     out = served.predict(pd.DataFrame({"face": [np.zeros((48, 48), int).tolist()] * 2}))
     classes = yaml.safe_load((tiny_project / "params.yaml").read_text())["prepare"]["classes"]
     assert len(out) == 2 and set(out[0]["faces"][0]["probabilities"]) == set(classes)

@@ -46,7 +46,7 @@ def collage() -> tuple[np.ndarray, list]:
 
 @pytest.fixture(scope="module")
 def classifier():
-    from ferpipe.predict import load_classifier
+    from ferpipe.inference import load_classifier
 
     return load_classifier(None)
 
@@ -54,11 +54,11 @@ def classifier():
 @pytest.fixture
 def cli(classifier, monkeypatch, capsys):
     """Run `ferpipe ARGS` in-process (the default model loads once); returns (rc, out lines, err lines)."""
-    import ferpipe.predict
+    import ferpipe.inference
     from ferpipe.cli import main
 
-    real = ferpipe.predict.load_classifier
-    monkeypatch.setattr(ferpipe.predict, "load_classifier",
+    real = ferpipe.inference.load_classifier
+    monkeypatch.setattr(ferpipe.inference, "load_classifier",
                         lambda ref=None: classifier if ref is None else real(ref))
 
     def call(*args: str):
@@ -88,7 +88,7 @@ def media(tmp_path_factory) -> Path:
 
 
 def test_crop_face_pads_at_the_border_and_keeps_an_exact_crop():
-    from ferpipe.predict import crop_face
+    from ferpipe.inference import crop_face
 
     face = np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)
     np.testing.assert_array_equal(crop_face(face, (0, 0, 48, 48), margin=0.0), face)
@@ -97,7 +97,7 @@ def test_crop_face_pads_at_the_border_and_keeps_an_exact_crop():
 
 
 def test_astronaut_is_one_happy_face_in_colour_and_gray(classifier):
-    from ferpipe.predict import analyze_image
+    from ferpipe.inference import analyze_image
 
     for image in (astronaut(), cv2.cvtColor(astronaut(), cv2.COLOR_BGR2GRAY)):
         faces = analyze_image(image, classifier)
@@ -290,8 +290,8 @@ def test_model_from_the_registry(flavor, tmp_path, monkeypatch, cli, media):
     import keras
     import mlflow
 
-    from ferpipe.predict import load_classifier
-    from ferpipe.registry import register_champion
+    from ferpipe.inference import load_classifier
+    from ferpipe.pipeline.registry import register_champion
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -301,12 +301,12 @@ def test_model_from_the_registry(flavor, tmp_path, monkeypatch, cli, media):
     experiment = mlflow.create_experiment("t", artifact_location=str(tmp_path / "artifacts"))
     with mlflow.start_run(experiment_id=experiment):
         if flavor == "keras":
-            from ferpipe.tracking import log_keras_model
+            from ferpipe.pipeline.tracking import log_keras_model
 
             model = keras.models.load_model(RELEASE / "model.keras")
             info = log_keras_model(model, samples["x"][:2, ..., None].astype("float32"))
         else:
-            serve = pytest.importorskip("ferpipe.serve")
+            serve = pytest.importorskip("ferpipe.web.pyfunc")
             info = serve.log_pyfunc(RELEASE / "model.keras", classes, example_face=samples["x"][0])
     register_champion(info.model_uri, "fer-emotion", "val_accuracy", 0.5, True, "test", "release")
     monkeypatch.chdir(ROOT)  # params.yaml names the classes of a plain Keras model

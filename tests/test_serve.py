@@ -1,6 +1,6 @@
 """The champion as an MLflow pyfunc: in-process, and behind `mlflow models serve` on 127.0.0.1.
 
-The release model is logged with `ferpipe.serve.log_pyfunc` into a fresh SQLite tracking DB and
+The release model is logged with `ferpipe.web.pyfunc.log_pyfunc` into a fresh SQLite tracking DB and
 registered as `fer-emotion@champion` the way the evaluate stage does it."""
 import base64
 import io
@@ -36,8 +36,8 @@ def champion(tmp_path_factory):
     """(tracking URI, classes, sample faces, their release-model probabilities)."""
     import mlflow
 
-    from ferpipe.registry import register_champion
-    from ferpipe.serve import log_pyfunc
+    from ferpipe.pipeline.registry import register_champion
+    from ferpipe.web.pyfunc import log_pyfunc
 
     root = tmp_path_factory.mktemp("serve")
     uri = f"sqlite:///{root / 'mlflow.db'}"

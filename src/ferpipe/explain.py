@@ -2,21 +2,14 @@
 
 `gradcam` returns one 0..1 map per face for the last convolutional feature map: the last
 Conv2D of a hand-built CNN, or the output of a nested backbone (its last conv block) in a
-transfer model. `gradcam_grid` draws test faces per class for the pipeline; `ferpipe
-explain` writes overlays for the user's own pictures.
+transfer model. The pipeline draws a grid of test faces with them (ferpipe.pipeline.evaluate);
+`EmotionRecognizer.explain` and `ferpipe explain` give them for the user's own pictures.
 """
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
 from typing import Any
 
-
-import numpy as np  # noqa: E402
-
-from ferpipe.detect import DETECTORS  # noqa: E402
-from ferpipe.files import atomic_path  # noqa: E402
+import numpy as np
 
 
 def target_output(model: Any) -> Any:
@@ -113,126 +106,3 @@ def overlay(face: np.ndarray, heatmap: np.ndarray, size: int = 192, alpha: float
     heat = cv2.resize((heatmap * 255).astype(np.uint8), (size, size), interpolation=cv2.INTER_LINEAR)
     colour = cv2.applyColorMap(heat, cv2.COLORMAP_JET)
     return cv2.addWeighted(cv2.cvtColor(face, cv2.COLOR_GRAY2BGR), 1 - alpha, colour, alpha, 0)
-
-
-def gradcam_grid(model: Any, x: np.ndarray, y: np.ndarray, classes: list[str], path: str | Path,
-                 per_class: int = 4) -> Path:
-    """PNG grid: a row per true class, its first `per_class` faces with the map overlaid and the
-    predicted label and probability as title (green when right, red when wrong)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import tensorflow as tf
-
-    x, y = np.asarray(x), np.asarray(y)
-    picks = [np.flatnonzero(y == k)[:per_class] for k in range(len(classes))]
-    index = np.concatenate(picks).astype(int)
-    if len(index) == 0:
-        raise ValueError("gradcam_grid: no faces to draw (x and y are empty or match no class)")
-    probs = model(tf.constant(x[index, ..., None], tf.float32), training=False).numpy()
-    maps = dict(zip(index.tolist(), gradcam(model, x[index])))
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(1.6 * per_class, 1.75 * len(classes)),
-                             squeeze=False)
-    row_of = {i: n for n, i in enumerate(index.tolist())}
-    for k, rows in enumerate(picks):
-        for j in range(per_class):
-            ax = axes[k, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j == 0:
-                ax.set_ylabel(classes[k], fontsize=9)
-            if j >= len(rows):  # fewer faces of this class than columns
-                ax.set_frame_on(False)
-                continue
-            i = int(rows[j])
-            p = probs[row_of[i]]
-            ax.imshow(x[i], cmap="gray", vmin=0, vmax=255)
-            ax.imshow(maps[i], cmap="jet", alpha=0.4, vmin=0, vmax=1)
-            ax.set_title(f"{classes[int(p.argmax())]} {p.max():.2f}", fontsize=8,
-                         color="green" if int(p.argmax()) == k else "red")
-    fig.suptitle("Grad-CAM on test faces (rows: true class; titles: predicted)", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
-
-
-# ---- `ferpipe explain` ---------------------------------------------------------------------
-
-EXAMPLE = """example:
-  ferpipe explain photo.jpg --out gradcam/           # every detected face
-  ferpipe explain face_crop.png --no-detect          # an image that is already a face crop
-  ferpipe explain photo.jpg --model models:/fer-emotion@champion"""
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "explain", help="Grad-CAM heat maps: where the model looked, for each face",
-        description="Write one PNG per face: the 48x48 face the model saw, enlarged, with its "
-                    "Grad-CAM map overlaid and the predicted emotion in the file name.",
-        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (jpg, png, ...)")
-    parser.add_argument("--out", default="gradcam", help="folder for the overlays (default: gradcam)")
-    parser.add_argument("--model", default=None,
-                        help="a .keras file or models:/NAME@ALIAS (default: models/release/model.keras)")
-    parser.add_argument("--detector", choices=DETECTORS, default="auto",
-                        help="face detector (default: auto = MTCNN if installed, else OpenCV Haar)")
-    parser.add_argument("--no-detect", action="store_true",
-                        help="treat each image as one face crop; skip face detection")
-    parser.set_defaults(func=run)
-    return parser
-
-
-def keras_model_of(classifier: Any) -> Any:
-    """The Keras model inside a loaded classifier (Grad-CAM needs its layers)."""
-    for name in ("model", "keras_model", "_model"):
-        model = getattr(classifier, name, None)
-        if model is not None and hasattr(model, "layers"):
-            return model
-    raise ValueError("this model has no Keras layers to explain; pass a .keras file with --model")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Overlays for every face of every image; a bad image is one line and the others go on."""
-    import cv2
-
-    from ferpipe.detect import detect_faces
-    from ferpipe.predict import crop_face, load_classifier
-    from ferpipe.predict_cli import read_image
-
-    classifier = load_classifier(args.model)
-    model = keras_model_of(classifier)
-    out = Path(args.out)
-    failed = 0
-    for name in args.images:
-        try:  # read as `ferpipe predict` reads, so both see the same pixels
-            image = read_image(Path(name)) if Path(name).is_file() else None
-        except OSError as err:
-            image, why = None, err.strerror or "unreadable"
-        else:
-            why = "not found" if not Path(name).exists() else "not a readable image"
-        if image is None:
-            print(f"error: {name}: {why}", file=sys.stderr)
-            failed += 1
-            continue
-        # the same crops as `ferpipe predict`: the whole image padded square, or each face found
-        boxes = ([(0, 0, image.shape[1], image.shape[0])] if args.no_detect
-                 else detect_faces(image, detector=args.detector))
-        faces = [crop_face(image, box, 0.0 if args.no_detect else 0.2, classifier.image_px)
-                 for box in boxes]
-        if not faces:
-            print(f"{name}: no face found (use --no-detect for an image that is a face crop)")
-            continue
-        faces_arr = np.stack(faces).astype(np.uint8)
-        probs = classifier.predict_proba(faces_arr)
-        maps = gradcam(model, faces_arr, probs.argmax(axis=1))
-        for i, (face, heat, p, box) in enumerate(zip(faces_arr, maps, probs, boxes)):
-            label = classifier.classes[int(p.argmax())]
-            dest = out / f"{Path(name).stem}_face{i}_{label}.png"
-            with atomic_path(dest) as tmp:
-                if not cv2.imwrite(str(tmp), overlay(face, heat)):
-                    raise OSError(f"{dest}: could not write PNG")
-            print(f"{name}: face {i} box {list(map(int, box))} {label} {p.max():.2f} -> {dest}")
-    return 1 if failed else 0

@@ -45,7 +45,7 @@ class _DropMessage(logging.Filter):
 
 
 # uv-made environments have no pip; MLflow then warns on every model log that `pip` goes unpinned
-# into the model's conda.yaml. The model's own requirements are pinned by ferpipe.tracking.
+# into the model's conda.yaml. The model's own requirements are pinned by ferpipe.pipeline.tracking.
 logging.getLogger("mlflow.utils.environment").addFilter(
     _DropMessage("Failed to resolve installed pip version"))
 

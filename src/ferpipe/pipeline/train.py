@@ -1,11 +1,8 @@
 """The one trainer: every model in the project (baselines, transfer, tuned) fits here."""
 from __future__ import annotations
 
-import json
 import sys
-import tempfile
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,8 +14,9 @@ import tensorflow as tf  # noqa: E402
 
 from ferpipe.files import load_split  # noqa: E402
 from ferpipe.files import atomic_path, write_json  # noqa: E402
-from ferpipe.params import CNNSpec, TrainConfig  # noqa: E402,F401 (declared TF-free, see ferpipe.params)
-from ferpipe.tracking import log_keras_model, stage_run, try_log, use_tracking  # noqa: E402
+from ferpipe.modelio import save_model  # noqa: E402,F401 (re-exported for the stages)
+from ferpipe.pipeline.params import CNNSpec, TrainConfig  # noqa: E402,F401 (declared TF-free, see ferpipe.pipeline.params)
+from ferpipe.pipeline.tracking import log_keras_model, stage_run, try_log, use_tracking  # noqa: E402
 
 PREPARED_DIR = Path("data/prepared")
 AUGMENTED_DIR = Path("data/augmented")
@@ -202,28 +200,6 @@ def fit(model: keras.Model, data: TrainData, cfg: TrainConfig, phases: list[Phas
             "timing": {"wall_seconds": round(time.perf_counter() - start, 1),
                        "train_images_per_second":
                            round(epochs_run * len(data.x_train) / max(train_seconds, 1e-9), 1)}}
-
-
-def save_model(model: keras.Model, path: Path | str) -> None:
-    """Save `.keras` with stable bytes: fixed zip timestamps, no save date (dvc#4661).
-
-    An uncompiled copy is saved, so no optimizer state bloats the file or the hash."""
-    path = Path(path)
-    clean = keras.models.model_from_json(model.to_json())  # clone_model would keep compile state
-    clean.set_weights(model.get_weights())
-    with tempfile.TemporaryDirectory() as tmp_dir, atomic_path(path) as out:
-        raw = Path(tmp_dir) / "raw.keras"
-        clean.save(raw)
-        with zipfile.ZipFile(raw) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
-            for name in sorted(src.namelist()):
-                payload = src.read(name)
-                if name == "metadata.json":
-                    meta = json.loads(payload)
-                    meta.pop("date_saved", None)
-                    payload = json.dumps(meta, sort_keys=True).encode()
-                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                dst.writestr(info, payload)
 
 
 def plot_history(history: list[dict], path: Path, title: str) -> None:

@@ -3,9 +3,9 @@
 They live here, apart from the modules that use them, because those import TensorFlow
 (about 12 s): a stage loads and checks its params from this module first, so a typo in
 params.yaml is reported in a second. Every numeric field declares its range beside it
-(`Range`, checked by `ferpipe.config`), every name is a closed list (`Literal`); `validate()`
+(`Range`, checked by `ferpipe.pipeline.config`), every name is a closed list (`Literal`); `validate()`
 holds only the checks that involve two fields. The library modules re-export their classes
-(`from ferpipe.train import TrainConfig` still works).
+(`from ferpipe.pipeline.train import TrainConfig` still works).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from ferpipe.config import NON_EMPTY, Range
+from ferpipe.pipeline.config import NON_EMPTY, Range
 
 # Shapes shared by many fields.
 Count = Annotated[int, Range(1)]  # 1, 2, ...
@@ -24,13 +24,13 @@ Fraction = Annotated[float, Range(0, 1, max_open=True)]  # [0, 1): dropout, smoo
 LearningRate = Annotated[float, Range(0, 1, min_open=True)]  # (0, 1]
 Seed = Annotated[int, Range(0, 2**32 - 1)]  # what numpy and TensorFlow seeds accept
 
-Optimizer = Literal["adam", "adamw", "sgd"]  # ferpipe.train.make_optimizer builds each
+Optimizer = Literal["adam", "adamw", "sgd"]  # ferpipe.pipeline.train.make_optimizer builds each
 Backbone = Literal["mobilenet", "mobilenet_v2", "vgg16", "resnet50_v2", "efficientnet_b0"]
-BACKBONE_NAMES: tuple[str, ...] = typing.get_args(Backbone)  # ferpipe.models.BACKBONES' keys
+BACKBONE_NAMES: tuple[str, ...] = typing.get_args(Backbone)  # ferpipe.pipeline.models.BACKBONES' keys
 ALPHA_BACKBONES = {"mobilenet", "mobilenet_v2"}
 # Width multipliers Keras publishes ImageNet weights for.
 WEIGHTS_ALPHAS = {"mobilenet": (0.25, 0.5, 0.75, 1.0), "mobilenet_v2": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)}
-# ferpipe.evaluate.SELECTION says which way each is better; only validation metrics choose.
+# ferpipe.pipeline.evaluate.SELECTION says which way each is better; only validation metrics choose.
 SelectionMetric = Literal["val_accuracy", "val_macro_f1", "val_log_loss"]
 
 

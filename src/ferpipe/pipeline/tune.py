@@ -18,9 +18,9 @@ import keras_tuner as kt
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from ferpipe.models import CNNSpec, build_cnn
-from ferpipe.params import SearchSpace, TuneConfig  # noqa: F401 (declared TF-free, see ferpipe.params)
-from ferpipe.train import Phase, TrainConfig, TrainData, fit
+from ferpipe.pipeline.models import CNNSpec, build_cnn
+from ferpipe.pipeline.params import SearchSpace, TuneConfig  # noqa: F401 (declared TF-free, see ferpipe.pipeline.params)
+from ferpipe.pipeline.train import Phase, TrainConfig, TrainData, fit
 
 
 def _choice(hp: kt.HyperParameters, name: str, values: list, baseline):

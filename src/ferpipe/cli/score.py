@@ -1,9 +1,10 @@
 """`ferpipe score DIR`: how well the model does on a labelled folder of one's own.
 
 The folder (or zip) is `<class>/<image>` or `<split>/<class>/<image>`, read by the reader of
-`prepare` (ferpipe.images). Images are decoded exactly as `prepare` makes training images
-(gray, centred square, resized to the model's input); `--detect` instead finds the largest
-face in each photo and crops it as `predict` does.
+`prepare` (ferpipe.pipeline.images). Images are decoded exactly as `prepare` makes training images
+(gray, centred square, resized to the model's input, by the one crop function every command
+uses); `--detect` instead finds the largest face in each photo (with --no-whole-image, a photo
+without one is skipped and counted). Faces go to the model in batches: memory stays flat.
 """
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
+
+from ferpipe.cli.common import add_model_args, recognizer_from
 
 
 EXAMPLE = """example:
@@ -22,19 +25,20 @@ EXAMPLE = """example:
   ferpipe score photos/ --detect --model models:/fer-emotion@champion"""
 
 
-def load_faces(root: Path, classes: list[str], image_px: int, split: str | None = None,
-               detect: bool = False, detector: str = "auto") -> tuple[np.ndarray, np.ndarray, dict]:
-    """(faces uint8 [N, px, px], labels [N], what was skipped and why), read by `prepare`'s
-    reader (ferpipe.images: the same layouts and size limits)."""
-    import cv2
+BATCH = 256  # faces a model call: memory stays flat however large the folder
 
-    from ferpipe.detect import detect_faces
-    from ferpipe.images import Skipped, decode, iter_images
-    from ferpipe.predict import crop_face
 
-    wanted = [c.lower() for c in classes]
-    faces, labels, unread = [], [], []
-    skipped = {"other_class": {}, "unreadable": [], "no_face": 0, "other_split": 0}
+def iter_faces(root: Path, recognizer: Any, split: str | None, detect: bool, skipped: dict,
+               unread: list) -> Iterator[tuple[np.ndarray, int]]:
+    """(face crop, label) of each labelled image, read by `prepare`'s reader (the same layouts
+    and size limits), cropped as every use command crops: the largest face found with
+    --detect, else the whole image's centred square, as training crops are made."""
+    from ferpipe.imageio import to_gray
+    from ferpipe.inference import crop_face
+    from ferpipe.pipeline.images import Skipped, iter_images
+
+    wanted = [c.lower() for c in recognizer.classes]
+    px = recognizer.classifier.image_px
     for name, part, cls, raw in iter_images(root, skip_corrupt=True, skipped=unread):
         if split and part != split:
             skipped["other_split"] += 1
@@ -43,30 +47,20 @@ def load_faces(root: Path, classes: list[str], image_px: int, split: str | None 
             skipped["other_class"][cls] = skipped["other_class"].get(cls, 0) + 1
             continue
         try:
-            if detect:
-                gray = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_GRAYSCALE)
-                if gray is None:
-                    raise ValueError("cannot decode image")
-                boxes = detect_faces(gray, detector=detector)
-                if not boxes:
-                    skipped["no_face"] += 1
-                    continue
-                face = crop_face(gray, max(boxes, key=lambda b: b[2] * b[3]), image_px=image_px)
-            else:
-                face = decode(raw, image_px)  # exactly as `prepare` makes training images
-        except ValueError as err:  # EntryError (one line) or the detect branch's own
-            unread.append(Skipped(name, "undecodable", str(err)))
+            gray = to_gray(recognizer.read(raw))
+        except ValueError as err:
+            unread.append(Skipped(name, "undecodable", str(err).split(": ", 1)[-1]))
             continue
-        faces.append(face)
-        labels.append(wanted.index(cls))
-    skipped["unreadable"] = [{"file": s.name, "error": s.detail} for s in unread
-                             if s.reason not in ("hidden", "not_image")]
-    if not faces:
-        found = sorted(skipped["other_class"])
-        raise ValueError(f"{root}: no labelled images of the model's classes {classes}"
-                         f"{f' in split {split!r}' if split else ''} (expected <class>/<image> or "
-                         f"<split>/<class>/<image>; other class folders found: {found})")
-    return np.stack(faces), np.array(labels, dtype=np.int64), skipped
+        if detect:
+            located = [box for box, found in recognizer.locate(gray)]
+            if not located:
+                skipped["no_face"] += 1
+                continue
+            box = max(located, key=lambda b: b[2] * b[3])
+        else:
+            side = min(gray.shape)
+            box = ((gray.shape[1] - side) // 2, (gray.shape[0] - side) // 2, side, side)
+        yield crop_face(gray, box, image_px=px), wanted.index(cls)
 
 
 def metrics(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:
@@ -104,16 +98,33 @@ def text_report(result: dict) -> str:
     return "\n".join(lines + ([f"\nskipped: {'; '.join(notes)}"] if notes else []))
 
 
-def score_folder(root: str | Path, classifier: Any, split: str | None = None, detect: bool = False,
-                 detector: str = "auto") -> dict:
+def score_folder(root: str | Path, recognizer: Any, split: str | None = None,
+                 detect: bool = False) -> dict:
+    """Metrics of the recognizer's model on a labelled folder, in batches of BATCH faces."""
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"{root}: no such folder")
-    faces, y, skipped = load_faces(root, classifier.classes, getattr(classifier, "image_px", 48),
-                                   split, detect, detector)
-    pred = classifier.predict_proba(faces).argmax(axis=1)
-    return {"folder": str(root), "model": getattr(classifier, "source", "?"), "split": split or "all",
-            **metrics(y, pred, classifier.classes), "skipped": skipped}
+    skipped = {"other_class": {}, "unreadable": [], "no_face": 0, "other_split": 0}
+    unread: list = []
+    labels, preds, batch = [], [], []
+    for face, label in iter_faces(root, recognizer, split, detect, skipped, unread):
+        batch.append(face)
+        labels.append(label)
+        if len(batch) == BATCH:
+            preds.append(recognizer.classifier.predict_proba(np.stack(batch)).argmax(axis=1))
+            batch = []
+    if batch:
+        preds.append(recognizer.classifier.predict_proba(np.stack(batch)).argmax(axis=1))
+    skipped["unreadable"] = [{"file": s.name, "error": s.detail} for s in unread
+                             if s.reason not in ("hidden", "not_image")]
+    if not labels:
+        found = sorted(skipped["other_class"])
+        raise ValueError(f"{root}: no labelled images of the model's classes {recognizer.classes}"
+                         f"{f' in split {split!r}' if split else ''} (expected <class>/<image> or "
+                         f"<split>/<class>/<image>; other class folders found: {found})")
+    y, pred = np.array(labels, dtype=np.int64), np.concatenate(preds)
+    return {"folder": str(root), "model": recognizer.classifier.source, "split": split or "all",
+            **metrics(y, pred, recognizer.classes), "skipped": skipped}
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -125,24 +136,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "data was, unless --detect.",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", metavar="DIR", help="labelled folder (or a zip in the split layout)")
-    parser.add_argument("--model", default=None,
-                        help="a .keras file or models:/NAME@ALIAS (default: models/release/model.keras)")
+    add_model_args(parser, detect_flag="--detect")
     parser.add_argument("--split", choices=("train", "val", "test"), default=None,
                         help="only this split of a <split>/<class>/ folder (default: all images)")
     parser.add_argument("--detect", action="store_true",
                         help="photos: classify the largest detected face instead of the whole image")
-    parser.add_argument("--detector", choices=("auto", "haar", "mtcnn"), default="auto",
-                        help="face detector for --detect (default: auto, MTCNN if installed)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from ferpipe.predict import load_classifier
-
-    classifier = load_classifier(args.model)
-    result = score_folder(args.folder, classifier, args.split, args.detect, args.detector)
+    recognizer = recognizer_from(args)
+    result = score_folder(args.folder, recognizer, args.split, args.detect)
     for bad in result["skipped"]["unreadable"]:
         print(f"error: {Path(args.folder) / bad['file']}: {bad['error']}", file=sys.stderr)
     print(json.dumps(result) if args.json else text_report(result))

@@ -1,4 +1,4 @@
-"""`ferpipe demo`: a local web page; upload a photo, see each face boxed, labelled and scored.
+"""The demo page (`ferpipe demo`): upload a photo, see each face boxed, labelled and scored.
 
 FastAPI, because MLflow already brings it (with uvicorn) into the lock: no new dependency, where
 Gradio would add about 50 packages for one page. The page is plain HTML (a form and the answer
@@ -6,14 +6,11 @@ rendered by the server), so it needs no JavaScript and no files from the network
 """
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at run time,
 # and UploadFile is imported inside create_app.
-import argparse
 import base64
 import html
 from typing import Any
 
 import numpy as np
-
-from ferpipe.detect import DETECTORS
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DISPLAY_MAX_SIDE = 1024
@@ -46,12 +43,13 @@ def annotate(image: np.ndarray, faces: list[dict]) -> np.ndarray:
     """A BGR copy of `image` with each face's box, number, label and probability drawn on it."""
     import cv2
 
-    from ferpipe.detect import to_gray
+    from ferpipe.imageio import load_image
 
-    canvas = image.copy() if image.ndim == 3 and image.shape[2] == 3 else cv2.cvtColor(to_gray(image), cv2.COLOR_GRAY2BGR)
+    canvas = load_image(image).copy()
     scale = max(canvas.shape[:2]) / 640
     thickness, font = max(1, round(2 * scale)), 0.6 * max(scale, 0.5)
     for n, face in enumerate(faces, 1):
+        face = face.to_dict() if hasattr(face, "to_dict") else face
         x, y, w, h = (int(v) for v in face["box"])
         colour = COLOURS[(n - 1) % len(COLOURS)][::-1]  # RGB table, OpenCV draws BGR
         cv2.rectangle(canvas, (x, y), (x + w, y + h), colour, thickness)
@@ -74,9 +72,10 @@ def _jpeg_data_url(image: np.ndarray) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode()
 
 
-def result_html(name: str, image: np.ndarray, faces: list[dict], classes: list[str]) -> str:
+def result_html(name: str, image: np.ndarray, faces: list[Any], classes: list[str]) -> str:
     """The annotated photo and, per face, its label and one probability bar per class."""
     parts = []
+    faces = [face.to_dict() if hasattr(face, "to_dict") else face for face in faces]
     for n, face in enumerate(faces, 1):
         colour = "#%02x%02x%02x" % COLOURS[(n - 1) % len(COLOURS)]
         rows = "".join(
@@ -92,38 +91,38 @@ def result_html(name: str, image: np.ndarray, faces: list[dict], classes: list[s
             f"<div>{''.join(parts)}</div></div>")
 
 
-def create_app(classifier: Any, detector: str = "auto") -> Any:
-    """The FastAPI app: GET / is the form; POST / answers with the page, POST /api/analyze with
-    JSON ({"faces": [{"box", "emotion", "probabilities"}]})."""
-    import cv2
+def create_app(recognizer: Any) -> Any:
+    """The FastAPI app over an EmotionRecognizer: GET / is the form; POST / answers with the
+    page, POST /api/analyze with JSON ({"faces": [{"box", "emotion", "probabilities", "found"}]})."""
     from fastapi import FastAPI, File, UploadFile
     from fastapi.responses import HTMLResponse, JSONResponse
 
-    from ferpipe.predict import analyze_image
-
     app = FastAPI(title="ferpipe demo")
+    classes = recognizer.classes
 
     async def read(photo: UploadFile) -> tuple[np.ndarray | None, str]:
         data = await photo.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             return None, f"{photo.filename}: over {MAX_UPLOAD_BYTES // 2**20} MB"
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-        return image, "" if image is not None else f"{photo.filename}: not an image (JPEG, PNG, ...)"
+        try:
+            return recognizer.read(data), ""
+        except ValueError as err:
+            return None, f"{photo.filename}: {str(err).split(': ', 1)[-1]}"
 
     def analyze(image: np.ndarray) -> list[dict]:
-        return analyze_image(image, classifier, detect=True, detector=detector)
+        return [face.to_dict() for face in recognizer.analyze(image)]
 
     @app.get("/", response_class=HTMLResponse)
     def form() -> str:
         return _page("<p>Upload a photo: every face found is boxed and classified "
-                     f"({html.escape(', '.join(classifier.classes))}). Nothing leaves this machine.</p>")
+                     f"({html.escape(', '.join(classes))}). Nothing leaves this machine.</p>")
 
     @app.post("/", response_class=HTMLResponse)
     async def page(photo: UploadFile = File(...)) -> HTMLResponse:
         image, error = await read(photo)
         if image is None:
             return HTMLResponse(_page(f"<p class='error'>{html.escape(error)}</p>"), status_code=400)
-        body = result_html(photo.filename or "upload", image, analyze(image), list(classifier.classes))
+        body = result_html(photo.filename or "upload", image, analyze(image), classes)
         return HTMLResponse(_page(body))
 
     @app.post("/api/analyze")
@@ -134,37 +133,3 @@ def create_app(classifier: Any, detector: str = "auto") -> Any:
         return JSONResponse({"faces": analyze(image)})
 
     return app
-
-
-EXAMPLE = """example:
-  ferpipe demo                                   # http://127.0.0.1:8000, the release model
-  ferpipe demo --model models:/fer-emotion@champion --port 8080"""
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "demo", help="a local web page: upload a photo, see the emotion of each face",
-        description="Serve a small web page on this machine: upload a photo, get it back with a "
-                    "box and label on each face and a probability bar per emotion.",
-        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None,
-                        help="a .keras file or models:/NAME@ALIAS (default: models/release/model.keras)")
-    parser.add_argument("--detector", choices=DETECTORS, default="auto",
-                        help="face detector (default: auto = MTCNN if installed, else OpenCV Haar)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="interface to bind (default 127.0.0.1: this machine only; "
-                             "0.0.0.0 exposes the page to the network)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.set_defaults(func=run)
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from ferpipe.predict import load_classifier
-
-    app = create_app(load_classifier(args.model), args.detector)
-    print(f"ferpipe demo: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    return 0

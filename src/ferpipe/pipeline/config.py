@@ -1,7 +1,7 @@
 """Load one section of params.yaml into a typed, validated dataclass.
 
 Config flows one way: params.yaml -> dataclass (validated here, once) -> plain
-function arguments. The dataclasses live in ferpipe.params (those of modules that import
+function arguments. The dataclasses live in ferpipe.pipeline.params (those of modules that import
 TensorFlow, so params are checked before it loads) or beside their TF-free module (data,
 augment); each field declares its type, and numbers their `Range`, here checked on load.
 """

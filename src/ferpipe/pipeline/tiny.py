@@ -1,6 +1,6 @@
 """A tiny, learnable stand-in dataset and configuration: the whole pipeline in minutes.
 
-`python -m ferpipe.tiny DEST [--source REPO]` copies the project (the current folder, else
+`python -m ferpipe.pipeline.tiny DEST [--source REPO]` copies the project (the current folder, else
 the checkout this package is installed from) to DEST with tiny params and a synthetic
 archive, so `cd DEST && dvc repro` smoke-tests every stage. Tests use it too.
 """
@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from ferpipe.config import read_params
+from ferpipe.pipeline.config import read_params
 
 TINY_ARCHIVE = "data/raw/tiny.zip"
 # Overrides merged into params.yaml; model sections are replaced whole.
@@ -141,7 +141,7 @@ def _write_project(dest: Path, source: Path, params: dict, per_class: int) -> No
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m ferpipe.tiny",
+    parser = argparse.ArgumentParser(prog="python -m ferpipe.pipeline.tiny",
                                      description="Copy the project with tiny params and data to DEST.")
     parser.add_argument("dest", metavar="DEST", help="a new (or empty) folder")
     parser.add_argument("--source", metavar="REPO", help="the project to copy (default: the current "

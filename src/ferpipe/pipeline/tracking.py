@@ -26,7 +26,7 @@ import requests
 import yaml
 from mlflow.exceptions import MlflowException
 
-from ferpipe.orphans import PROCESS_TAG, close_orphaned_runs, process_key
+from ferpipe.pipeline.orphans import PROCESS_TAG, close_orphaned_runs, process_key
 
 DEFAULT_EXPERIMENT = "fer-pipeline"
 # MLflow's own defaults (7 retries, exponential backoff, 120 s timeout) stall 4 minutes on a

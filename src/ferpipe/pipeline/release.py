@@ -8,15 +8,15 @@ import keras
 import numpy as np
 
 from ferpipe.files import atomic_path, write_json, write_npz
-from ferpipe.params import ReleaseConfig  # noqa: F401 (declared TF-free, see ferpipe.params)
-from ferpipe.train import save_model
+from ferpipe.pipeline.params import ReleaseConfig  # noqa: F401 (declared TF-free, see ferpipe.pipeline.params)
+from ferpipe.modelio import save_model
 
 
 def export(model_path: Path, out_dir: Path, x_test: np.ndarray, y_test: np.ndarray,
            cfg: ReleaseConfig, tta: str = "none") -> dict:
     """Save the model (with its test-time variant built in) and a few test images with its
     probabilities (a check for users)."""
-    from ferpipe.models import with_flip_tta
+    from ferpipe.pipeline.models import with_flip_tta
 
     model = keras.models.load_model(model_path)
     model = with_flip_tta(model) if tta == "flip" else model

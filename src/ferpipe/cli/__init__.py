@@ -12,8 +12,11 @@ import os
 import sys
 import traceback
 
+from ferpipe import quiet  # noqa: F401  (start-up noise settings, before TensorFlow loads)
+
 # Command modules, in the order `ferpipe --help` lists them.
-COMMANDS = ["ferpipe.predict_cli", "ferpipe.score", "ferpipe.explain", "ferpipe.demo"]
+COMMANDS = ["ferpipe.cli.predict", "ferpipe.cli.score", "ferpipe.cli.explain", "ferpipe.cli.demo",
+            "ferpipe.cli.serve"]
 
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE  # noqa: E402
 
 IMAGE_PX = 48
+# Pixels a photo may have (ferpipe serve --max-pixels sets it through the environment).
+MAX_PIXELS = int(float(os.environ.get("FERPIPE_MAX_PIXELS", "25e6")))
 COLUMNS = ("image", "face")
 
 
@@ -65,7 +68,7 @@ def _face_array(value: Any, row: int, px: int = IMAGE_PX) -> np.ndarray:
 def _decode_image(value: Any, row: int) -> np.ndarray:
     """A BGR image from photo bytes, or from base64 text (str, or bytes where MLflow's `inputs`
     form leaves the text undecoded)."""
-    import cv2
+    from ferpipe.imageio import image_format, load_image
 
     if isinstance(value, str):
         value = value.encode("ascii", errors="replace")
@@ -73,17 +76,19 @@ def _decode_image(value: Any, row: int) -> np.ndarray:
         # e.g. the `inputs` form, which MLflow turns into one row holding the whole list
         raise bad_input(f"row {row}: 'image' must be one photo's bytes, base64-encoded, per row: "
                         '{"dataframe_records": [{"image": "<base64>"}, ...]}')
-    image = cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
+    raw = bytes(value)
+    if not image_format(raw):  # base64 text of the photo
         try:
-            raw = base64.b64decode(value, validate=True)
+            raw = base64.b64decode(raw, validate=True)
         except (binascii.Error, ValueError):
-            raw = b""
-        image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR) if raw else None
-    if image is None:
+            pass
+    if not image_format(raw):
         raise bad_input(f"row {row}: 'image' ({len(value)} bytes) does not decode as an image; "
-                        "send a JPEG, PNG, BMP or TIFF file, base64-encoded")
-    return image
+                        "send a JPEG, PNG, BMP, GIF, TIFF or WebP file, base64-encoded")
+    try:
+        return load_image(raw, max_pixels=MAX_PIXELS)
+    except ValueError as err:  # over the pixel limit, a broken header, a damaged image
+        raise bad_input(f"row {row}: 'image' {str(err).split(': ', 1)[-1]}") from None
 
 
 def _rows(model_input: Any) -> list[dict]:
@@ -107,15 +112,19 @@ class FerEmotionModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         import keras
 
-        from ferpipe.predict import Classifier
+        from ferpipe.inference import Classifier
+        from ferpipe.recognizer import EmotionRecognizer
 
         path = context.artifacts["keras_model"]
         classes = json.loads(Path(context.artifacts["classes"]).read_text())
         self.classifier = Classifier(keras.models.load_model(path, compile=False), classes, path)
+        self.recognizer = EmotionRecognizer.from_classifier(self.classifier)
 
     # No type hints here: MLflow would try to derive the signature from them.
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ARG002
         """One {"faces": [...]} per row (see the module docstring)."""
+        from ferpipe.recognizer import Face
+
         rows = _rows(model_input)
         faces, photos = {}, {}
         for i, row in enumerate(rows):
@@ -131,14 +140,11 @@ class FerEmotionModel(mlflow.pyfunc.PythonModel):
         if faces:
             probs = self.classifier.predict_proba(np.stack(list(faces.values())))
             for i, p in zip(faces, probs):
-                # rounded as `ferpipe predict` rounds them
-                out[i]["faces"] = [{"box": [0, 0, px, px], "emotion": classes[int(p.argmax())],
-                                    "probabilities": {c: round(float(v), 4) for c, v in zip(classes, p)}}]
-        if photos:
-            from ferpipe.predict import analyze_image
-
-            for i, image in photos.items():
-                out[i]["faces"] = analyze_image(image, self.classifier, detect=True)
+                face = Face((0, 0, px, px), classes[int(p.argmax())],
+                            {c: float(v) for c, v in zip(classes, p)}, "whole_image")
+                out[i]["faces"] = [face.to_dict()]  # as `ferpipe predict` prints faces
+        for i, image in photos.items():
+            out[i]["faces"] = [face.to_dict() for face in self.recognizer.analyze(image)]
         return out
 
 
@@ -153,6 +159,42 @@ def example_input(face: np.ndarray | None = None) -> Any:
     return pd.DataFrame({"image": [png.tobytes()]})
 
 
+def _pyfunc_spec(keras_model: str | Path | Any, classes: list[str], tmp: Path,
+                 example_face: np.ndarray | None) -> dict:
+    """The arguments of mlflow.pyfunc.log_model / save_model for the pyfunc of `keras_model`."""
+    import keras
+    import pandas as pd
+    import tensorflow as tf
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.pyfunc import PythonModelContext
+
+    if isinstance(keras_model, keras.Model):
+        from ferpipe.modelio import save_model
+
+        path = tmp / "model.keras"
+        save_model(keras_model, path)
+    else:
+        path = Path(keras_model)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such model file")
+    classes_path = tmp / "classes.json"
+    classes_path.write_text(json.dumps(list(classes)))
+    artifacts = {"keras_model": str(path), "classes": str(classes_path)}
+    probe = FerEmotionModel()
+    probe.load_context(PythonModelContext(artifacts=artifacts, model_config=None))
+    px = probe.classifier.image_px
+    face_row = pd.DataFrame({"face": [np.full((px, px), 128).tolist()]})
+    output = infer_signature(None, probe.predict(None, face_row)).outputs
+    return dict(python_model=FerEmotionModel(), artifacts=artifacts,
+                signature=ModelSignature(inputs=input_schema(), outputs=output),
+                input_example=example_input(example_face),
+                # the core and this module, so it serves without ferpipe installed
+                code_paths=[str(Path(__file__).resolve().parents[1])],
+                pip_requirements=[f"mlflow=={mlflow.__version__}", f"tensorflow=={tf.__version__}",
+                                  f"keras=={keras.__version__}", "opencv-python-headless<5",
+                                  f"numpy=={np.__version__}", "pandas", "pyyaml"])
+
+
 def log_pyfunc(keras_model: str | Path | Any, classes: list[str], name: str = "model",
                example_face: np.ndarray | None = None) -> Any:
     """Log the pyfunc to the active run (signature, input example, this package as code);
@@ -160,35 +202,14 @@ def log_pyfunc(keras_model: str | Path | Any, classes: list[str], name: str = "m
 
     `keras_model`: a .keras file, or a Keras model (saved here first, e.g. a champion wrapped
     for test-time augmentation). `example_face`: a 48x48 uint8 face for the input example."""
-    import keras
-    import pandas as pd
-    import tensorflow as tf
-    from mlflow.models import ModelSignature, infer_signature
-    from mlflow.pyfunc import PythonModelContext
-
     with tempfile.TemporaryDirectory() as tmp:
-        if isinstance(keras_model, keras.Model):
-            from ferpipe.train import save_model
+        return mlflow.pyfunc.log_model(name=name, **_pyfunc_spec(keras_model, classes, Path(tmp),
+                                                                  example_face))
 
-            path = Path(tmp) / "model.keras"
-            save_model(keras_model, path)
-        else:
-            path = Path(keras_model)
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: no such model file")
-        classes_path = Path(tmp) / "classes.json"
-        classes_path.write_text(json.dumps(list(classes)))
-        artifacts = {"keras_model": str(path), "classes": str(classes_path)}
-        example = example_input(example_face)
-        probe = FerEmotionModel()
-        probe.load_context(PythonModelContext(artifacts=artifacts, model_config=None))
-        px = probe.classifier.image_px
-        face_row = pd.DataFrame({"face": [np.full((px, px), 128).tolist()]})
-        output = infer_signature(None, probe.predict(None, face_row)).outputs
-        return mlflow.pyfunc.log_model(
-            name=name, python_model=FerEmotionModel(), artifacts=artifacts,
-            signature=ModelSignature(inputs=input_schema(), outputs=output), input_example=example,
-            code_paths=[str(Path(__file__).resolve().parent)],  # serves without ferpipe installed
-            pip_requirements=[f"mlflow=={mlflow.__version__}", f"tensorflow=={tf.__version__}",
-                              f"keras=={keras.__version__}", "opencv-python-headless<5",
-                              f"numpy=={np.__version__}", "pandas"])
+
+def save_pyfunc(keras_model: str | Path | Any, classes: list[str], dest: Path,
+                example_face: np.ndarray | None = None) -> Path:
+    """The same pyfunc saved to the folder `dest` (for `ferpipe serve` without a registry)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.pyfunc.save_model(str(dest), **_pyfunc_spec(keras_model, classes, Path(tmp), example_face))
+    return dest

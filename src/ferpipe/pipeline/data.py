@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ferpipe.files import atomic_path, write_json, write_npz
-# Re-exported: the readers moved to ferpipe.images, and callers still import them from here.
-from ferpipe.images import (ENTRY_REASONS, IMAGE_SUFFIXES, LAYOUTS, MB, MP, SPLIT_ALIASES,  # noqa: F401
+# Re-exported: the readers moved to ferpipe.pipeline.images, and callers still import them from here.
+from ferpipe.pipeline.images import (ENTRY_REASONS, IMAGE_SUFFIXES, LAYOUTS, MB, MP, SPLIT_ALIASES,  # noqa: F401
                             DataError, EntryError, ReadLimits, Skipped, content_hash, decode,
                             iter_images, one_line)
 

@@ -1,18 +1,21 @@
-"""Use the model: faces in photos and videos -> emotions.
+"""The inference core: a model and its classes, the face crop, and faces -> probabilities.
 
-TensorFlow is imported only when a model is loaded, so `ferpipe --help` stays fast.
+Imports only NumPy and OpenCV at load; TensorFlow/Keras when a model is loaded, MLflow only
+for a `models:/` URI. Every use command, the pyfunc and the demo go through EmotionRecognizer
+(ferpipe.recognizer), which calls the functions here; the pipeline uses `crop_face` to make
+its training crops, so training and use frame a face the same way.
 """
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
 
-from ferpipe.detect import MIN_FACE_PX, detect_faces, to_gray
+from ferpipe.imageio import to_gray
+from ferpipe.modelio import load_keras
 
 IMAGE_PX = 48
 # Margin around a detected box, as a fraction of its side. Measured on 400 FER2013 faces
@@ -21,10 +24,15 @@ IMAGE_PX = 48
 # model's accuracy closest to that on the originals (0.83 on the crops, 0.76 at 0.2, 0.86 on
 # the originals); -0.1 to 0.05 were within a point of 0.0.
 MARGIN = 0.0
-RELEASE = Path("models/release/model.keras")
-# Repo root of a source checkout (uv installs the project editable), so the default model is
-# found from any working directory.
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# The released model: inside an installed wheel (package data), else in the source checkout
+# this module runs from (uv installs the project editable), from any working directory.
+PACKAGED_RELEASE = Path(__file__).resolve().parent / "release" / "model.keras"
+CHECKOUT_RELEASE = Path(__file__).resolve().parents[2] / "models" / "release" / "model.keras"
+
+
+def release_path() -> Path:
+    """Where the default model is: the wheel's copy, else the checkout's."""
+    return PACKAGED_RELEASE if PACKAGED_RELEASE.is_file() else CHECKOUT_RELEASE
 
 
 def crop_face(gray: np.ndarray, box: tuple[int, int, int, int], margin: float = MARGIN,
@@ -100,30 +108,33 @@ def _classes_near(path: Path) -> list[str] | None:
     return _params_classes([Path.cwd(), *path.resolve().parents])
 
 
-def _load_keras(path: Path) -> Any:
-    import keras
+def registry_uri(ref: str) -> str:
+    """The tracking store a `models:/` URI is read from, as the pipeline records runs:
+    MLFLOW_TRACKING_URI, else mlflow.db in the working directory (which must exist: an
+    absent one would be created empty and the name reported missing)."""
+    import os
 
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as err:  # Keras raises many types for a bad file; the user needs one line
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path}: cannot load the model ({reason[:200]})") from err
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise FileNotFoundError(f"{ref}: no MLflow database at {uri[len('sqlite:///'):]}; run "
+                                "from the repo root, set MLFLOW_TRACKING_URI, or serve the "
+                                "release (no --model)")
+    return uri
 
 
 def _load_registry(ref: str) -> Classifier:
     """`models:/NAME@ALIAS` or `models:/NAME/VERSION` from the MLflow registry: a Keras model,
-    or a pyfunc whose artifacts hold a .keras file and classes.json (ferpipe.serve)."""
+    or a pyfunc whose artifacts hold a .keras file and classes.json (ferpipe.web.pyfunc)."""
     import os
 
-    import mlflow
-
-    from ferpipe.tracking import tracking_uri
+    try:
+        import mlflow
+    except ImportError:
+        raise ValueError(f"{ref}: loading from the MLflow registry needs mlflow "
+                         "(pip install 'ferpipe[serve]')") from None
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr stays for errors
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise FileNotFoundError(f"{ref}: no MLflow database at {uri[len('sqlite:///'):]}; run "
-                                "from the repo root or set MLFLOW_TRACKING_URI")
+    uri = registry_uri(ref)
     mlflow.set_tracking_uri(uri)
     try:
         local = Path(mlflow.artifacts.download_artifacts(ref))
@@ -133,7 +144,7 @@ def _load_registry(ref: str) -> Classifier:
     keras_files = sorted(local.rglob("*.keras"))
     classes_file = next(iter(sorted(local.rglob("classes.json"))), None)
     if keras_files:
-        model = _load_keras(keras_files[0])
+        model = load_keras(keras_files[0])
         source = f"{ref} ({keras_files[0].name})"
     else:
         import mlflow.keras
@@ -157,7 +168,7 @@ def load_classifier(ref: str | None = None) -> Classifier:
     if ref:
         path = Path(ref)
     else:
-        path = RELEASE if RELEASE.is_file() else REPO_ROOT / RELEASE
+        path = release_path()
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model file (pass --model PATH.keras or "
                                 "--model models:/fer-emotion@champion)")
@@ -166,90 +177,4 @@ def load_classifier(ref: str | None = None) -> Classifier:
     classes = _classes_near(path)
     if not classes:
         raise ValueError(f"{path}: no class names: put a model_card.json with 'classes' beside it")
-    return Classifier(_load_keras(path), classes, str(path))
-
-
-def _result(box: Any, probs: np.ndarray, classes: list[str]) -> dict:
-    return {"box": [int(v) for v in box], "emotion": classes[int(np.argmax(probs))],
-            "probabilities": {c: round(float(p), 4) for c, p in zip(classes, probs)}}
-
-
-def analyze_image(image: np.ndarray, classifier: Any, detect: bool = True, detector: str = "auto",
-                  margin: float = MARGIN, min_face_px: int = MIN_FACE_PX) -> list[dict]:
-    """One dict per face: box [x, y, w, h], emotion, probabilities {class: p}. With
-    detect=False the image is one face crop: its centred square, as `prepare` takes it."""
-    gray = to_gray(image)
-    px = getattr(classifier, "image_px", IMAGE_PX)
-    height, width = gray.shape
-    side = min(height, width)
-    whole = ((width - side) // 2, (height - side) // 2, side, side)
-    boxes = detect_faces(gray, detector, min_face_px) if detect else [whole]
-    if not boxes:
-        return []
-    faces = np.stack([crop_face(gray, box, margin if detect else 0.0, px) for box in boxes])
-    probs = classifier.predict_proba(faces)
-    return [_result(box, p, classifier.classes) for box, p in zip(boxes, probs)]
-
-
-def analyze_video(path: str | Path, classifier: Any, every: int = 1, detector: str = "auto",
-                  detect: bool = True, on_frame: Any = None,
-                  min_face_px: int = MIN_FACE_PX) -> Iterator[dict]:
-    """Per-face dicts with `frame` and `time_s` (a frame without a face gives one with
-    faces: 0), then one {"summary": ...}. `on_frame(frame, results)` sees each analysed frame."""
-    if every < 1:
-        raise ValueError(f"--every must be 1 or more, got {every}")
-    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    if not capture.isOpened():
-        raise ValueError(f"{path}: not an image or a video OpenCV can read")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
-    counts = dict.fromkeys(classifier.classes, 0)
-    index = analysed = faces = empty = 0
-    start = time.perf_counter()
-    try:
-        while True:
-            if index % every:
-                if not capture.grab():  # skipped frames are not decoded
-                    break
-                index += 1
-                continue
-            ok, frame = capture.read()
-            if not ok:
-                break
-            results = analyze_image(frame, classifier, detect, detector, min_face_px=min_face_px)
-            analysed += 1
-            stamp = {"frame": index, "time_s": round(index / fps, 3) if fps > 0 else None}
-            if not results:
-                empty += 1
-                yield {**stamp, "faces": 0}
-            for face in results:
-                counts[face["emotion"]] += 1
-                faces += 1
-                yield {**stamp, **face}
-            if on_frame is not None:
-                on_frame(frame, results)
-            index += 1
-    finally:
-        capture.release()
-    if index == 0:
-        raise ValueError(f"{path}: no frames could be decoded")
-    elapsed = time.perf_counter() - start
-    yield {"summary": {"frames": index, "frames_analyzed": analysed, "every": every,
-                       "video_fps": round(fps, 3), "faces": faces, "frames_without_face": empty,
-                       "emotions": counts, "seconds": round(elapsed, 3),
-                       "fps": round(analysed / elapsed, 2) if elapsed > 0 else None}}
-
-
-def draw(image: np.ndarray, results: list[dict]) -> np.ndarray:
-    """A BGR copy of `image` with each face's box and 'emotion p' drawn."""
-    out = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image[..., :3].copy()
-    thick = max(1, round(max(out.shape[:2]) / 400))
-    for face in results:
-        x, y, w, h = face["box"]
-        label = f"{face['emotion']} {face['probabilities'][face['emotion']]:.2f}"
-        scale = max(0.4, w / 160)
-        cv2.rectangle(out, (x, y), (x + w, y + h), (0, 220, 0), thick)
-        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-        ty = y - 4 if y - th - base - 4 >= 0 else y + h + th + 4
-        cv2.rectangle(out, (x, ty - th - base), (x + tw, ty + base), (0, 220, 0), cv2.FILLED)
-        cv2.putText(out, label, (x, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick, cv2.LINE_AA)
-    return out
+    return Classifier(load_keras(path), classes, str(path))

@@ -8,14 +8,14 @@ from typing import Annotated
 import numpy as np
 from scipy import ndimage
 
-from ferpipe.config import Range
+from ferpipe.pipeline.config import Range
 from ferpipe.files import atomic_path, load_split, write_npz
-from ferpipe.params import Fraction, Seed
+from ferpipe.pipeline.params import Fraction, Seed
 
 
 @dataclass
 class AugmentConfig:
-    # Ranges are declared beside the fields (checked by ferpipe.config when params are loaded).
+    # Ranges are declared beside the fields (checked by ferpipe.pipeline.config when params are loaded).
     copies: Annotated[int, Range(0, 20)] = 2  # augmented copies per training image, beside the original
     brightness: Fraction = 0.3  # factor drawn from [1 - b, 1 + b]
     flip_prob: Annotated[float, Range(0, 1)] = 0.5

@@ -10,7 +10,7 @@ import tensorflow as tf  # noqa: E402
 from sklearn.metrics import (accuracy_score, classification_report, confusion_matrix,  # noqa: E402
                              f1_score, log_loss)
 
-from ferpipe.params import EvaluateConfig  # noqa: E402,F401 (declared TF-free, see ferpipe.params)
+from ferpipe.pipeline.params import EvaluateConfig  # noqa: E402,F401 (declared TF-free, see ferpipe.pipeline.params)
 
 # Selection metrics and whether larger is better.
 SELECTION = {"val_accuracy": True, "val_macro_f1": True, "val_log_loss": False}
@@ -66,7 +66,7 @@ def evaluate_model(path: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]],
                    cfg: EvaluateConfig) -> dict[str, dict]:
     """All figures for one saved model under each test-time variant in `cfg.tta`, keyed by
     candidate name (`vgg_bn`, `vgg_bn+flip`), plus test predictions for the confusion plots."""
-    from ferpipe.models import with_flip_tta
+    from ferpipe.pipeline.models import with_flip_tta
 
     base = keras.models.load_model(path)
     candidates = {}
@@ -90,7 +90,7 @@ def candidate_name(model: str, tta: str) -> str:
 
 def load_candidate(models_dir: Path, model: str, tta: str) -> keras.Model:
     """A trained model as evaluated: with its test-time variant built in as layers."""
-    from ferpipe.models import with_flip_tta
+    from ferpipe.pipeline.models import with_flip_tta
 
     base = keras.models.load_model(Path(models_dir) / model / "model.keras")
     return with_flip_tta(base) if tta == "flip" else base

@@ -1,0 +1,109 @@
+"""`ferpipe serve`: MLflow's scoring server on the released model (or a registry URI).
+
+The release is wrapped in the same pyfunc the registry holds (ferpipe.web.pyfunc), saved to a
+temporary folder, and served by MLflow's own scoring app with a request-size limit in front:
+too big is a 413, a picture over the pixel limit or with a broken header a 400 naming it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+MAX_REQUEST_MB = 20.0
+MAX_MEGAPIXELS = 25.0
+EXAMPLE = """examples:
+  ferpipe serve                                     # the release on http://127.0.0.1:5001
+  ferpipe serve --model models:/fer-emotion@champion --port 5002
+  curl -s http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\
+    -d "{\\"dataframe_records\\": [{\\"image\\": \\"$(base64 -w0 photo.jpg)\\"}]}\""""
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "serve", help="a REST scoring server (MLflow's) on the model: photos or face crops in",
+        description="Serve the model with MLflow's scoring server: POST /invocations with rows of "
+                    "'image' (a photo, base64) or 'face' (a 48x48 gray grid); GET /ping.",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None,
+                        help="a .keras file or models:/NAME@ALIAS (default: the released model)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=5001, help="port (default 5001)")
+    parser.add_argument("--max-request-mb", type=float, default=MAX_REQUEST_MB,
+                        help=f"largest request body in MB; bigger is a 413 (default {MAX_REQUEST_MB:g})")
+    parser.add_argument("--max-megapixels", type=float, default=MAX_MEGAPIXELS,
+                        help=f"largest photo in megapixels; bigger is a 400 (default {MAX_MEGAPIXELS:g})")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def pyfunc_folder(model: str | None, dest: Path) -> Path:
+    """Save the pyfunc of `model` (the release by default) under `dest`; a `models:/` URI is
+    downloaded as registered."""
+    import mlflow
+
+    if model and model.startswith("models:/"):
+        from ferpipe.inference import registry_uri
+
+        mlflow.set_tracking_uri(registry_uri(model))
+        return Path(mlflow.artifacts.download_artifacts(model, dst_path=str(dest)))
+    from ferpipe.inference import load_classifier
+    from ferpipe.web.pyfunc import save_pyfunc
+
+    classifier = load_classifier(model)  # a bad path fails here, in one line
+    return save_pyfunc(classifier.source, classifier.classes, dest / "model")
+
+
+def limit_body(app: Any, max_bytes: int) -> Any:
+    """ASGI middleware: a body over `max_bytes` (declared or streamed) is a 413."""
+    from starlette.responses import JSONResponse
+
+    async def guarded(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        too_big = JSONResponse({"error_code": "REQUEST_TOO_LARGE", "message":
+                                f"request body over {max_bytes / 1e6:g} MB (ferpipe serve "
+                                "--max-request-mb)"}, status_code=413)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            return await too_big(scope, receive, send)
+        seen = 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > max_bytes:
+                raise _TooLarge
+            return message
+
+        try:
+            return await app(scope, counted, send)
+        except _TooLarge:
+            return await too_big(scope, receive, send)
+
+    return guarded
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.max_request_mb <= 0 or args.max_megapixels <= 0:
+        raise ValueError("--max-request-mb and --max-megapixels must be > 0")
+    os.environ["FERPIPE_MAX_PIXELS"] = str(int(args.max_megapixels * 1e6))  # read by the pyfunc
+    import uvicorn
+    from mlflow.pyfunc import load_model
+    from mlflow.pyfunc.scoring_server import init
+
+    with tempfile.TemporaryDirectory(prefix="ferpipe-serve-") as tmp:
+        folder = pyfunc_folder(args.model, Path(tmp))
+        app = limit_body(init(load_model(str(folder))), int(args.max_request_mb * 1e6))
+        print(f"ferpipe serve: http://{args.host}:{args.port}/invocations  (model: "
+              f"{args.model or 'release'}; Ctrl-C stops it)", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

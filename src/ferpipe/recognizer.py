@@ -1,0 +1,230 @@
+"""The public API: `EmotionRecognizer(...).analyze(picture)` -> the faces and their emotions.
+
+One path for every use: decode (ferpipe.imageio), detect (ferpipe.detect), crop
+(ferpipe.inference.crop_face), classify (one compiled model call). `ferpipe predict`, `score`,
+`explain`, the MLflow pyfunc and the demo page all call this class.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ferpipe.detect import MIN_FACE_PX, detect_faces, resolve
+from ferpipe.imageio import MAX_PIXELS, Channels, ImageError, load_image, to_gray
+from ferpipe.inference import Classifier, crop_face, load_classifier
+
+Box = tuple[int, int, int, int]
+# With no face found, a near-square picture is taken as a face crop (a photo that is already a
+# face: the detector sees no surround to find it in). Wider or taller pictures give no face.
+WHOLE_IMAGE_MAX_ASPECT = 1.25
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face: its box [x, y, w, h] in the picture, the likeliest emotion, every class's
+    probability, and how it was found: "detected", or "whole_image" (no face was found and
+    the picture was taken as one face crop)."""
+
+    box: Box
+    emotion: str
+    probabilities: dict[str, float]
+    found: str = "detected"
+
+    @property
+    def score(self) -> float:
+        return self.probabilities[self.emotion]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object `ferpipe predict` prints for a face."""
+        return {"box": [int(v) for v in self.box], "emotion": self.emotion,
+                "probabilities": {c: round(float(p), 4) for c, p in self.probabilities.items()},
+                "found": self.found}
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The faces of one analysed video frame."""
+
+    index: int
+    time_s: float | None
+    faces: list[Face]
+    image: np.ndarray = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A face, the crop the model saw and its Grad-CAM map (float32 0..1, the crop's size)."""
+
+    face: Face
+    crop: np.ndarray = field(repr=False)
+    heatmap: np.ndarray = field(repr=False)
+
+
+class EmotionRecognizer:
+    """Faces in pictures -> emotions.
+
+    `model`: None for the released model (inside the package), a `.keras` path, or an MLflow
+    `models:/NAME@ALIAS` URI. `detector`: "auto" (YuNet if installed, else Haar), "yunet",
+    "haar" or "mtcnn". `detect=False` takes every picture as one face crop. `min_face`: the
+    smallest face looked for, in pixels. `whole_image`: with no face found, take a near-square
+    picture as the face (marked found="whole_image")."""
+
+    def __init__(self, model: str | Path | None = None, detector: str = "auto", *,
+                 detect: bool = True, min_face: int = MIN_FACE_PX, whole_image: bool = True,
+                 max_pixels: int = MAX_PIXELS) -> None:
+        if min_face < 1:
+            raise ValueError(f"min_face must be 1 or more, got {min_face}")
+        self.detector = resolve(detector) if detect else detector  # a missing one fails now
+        self.detect, self.min_face, self.whole_image = detect, min_face, whole_image
+        self.max_pixels = max_pixels
+        self.classifier: Classifier = load_classifier(None if model is None else str(model))
+
+    @classmethod
+    def from_classifier(cls, classifier: Classifier, detector: str = "auto",
+                        **options: Any) -> "EmotionRecognizer":
+        """A recognizer over a model already loaded (the pyfunc's, a test's)."""
+        self = cls.__new__(cls)
+        self.detector = resolve(detector)
+        self.detect = options.get("detect", True)
+        self.min_face = options.get("min_face", MIN_FACE_PX)
+        self.whole_image = options.get("whole_image", True)
+        self.max_pixels = options.get("max_pixels", MAX_PIXELS)
+        self.classifier = classifier
+        return self
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.classifier.classes)
+
+    def __repr__(self) -> str:
+        return (f"EmotionRecognizer(model={self.classifier.source!r}, detector={self.detector!r}, "
+                f"classes={self.classes})")
+
+    def read(self, image: Any, channels: Channels = "BGR") -> np.ndarray:
+        """The picture as BGR uint8 [H, W, 3], as every method reads it."""
+        return load_image(image, channels, self.max_pixels)
+
+    def locate(self, gray: np.ndarray) -> list[tuple[Box, str]]:
+        """(box, how found) of each face in a gray picture."""
+        height, width = gray.shape
+        side = min(height, width)
+        whole = ((width - side) // 2, (height - side) // 2, side, side)
+        if not self.detect:
+            return [(whole, "whole_image")]
+        boxes = detect_faces(gray, self.detector, self.min_face)
+        if boxes:
+            return [(box, "detected") for box in boxes]
+        if self.whole_image and max(height, width) <= WHOLE_IMAGE_MAX_ASPECT * side:
+            return [(whole, "whole_image")]
+        return []
+
+    def crops(self, image: Any, channels: Channels = "BGR") -> tuple[list[tuple[Box, str]], np.ndarray]:
+        """The faces' (box, how found) and their crops uint8 [N, px, px], as the model sees them."""
+        gray = to_gray(self.read(image, channels))
+        located = self.locate(gray)
+        px = self.classifier.image_px
+        faces = [crop_face(gray, box, image_px=px) for box, _ in located]
+        return located, np.stack(faces) if faces else np.zeros((0, px, px), np.uint8)
+
+    def _faces(self, located: list[tuple[Box, str]], crops: np.ndarray) -> list[Face]:
+        probs = self.classifier.predict_proba(crops)
+        classes = self.classifier.classes
+        return [Face(tuple(int(v) for v in box), classes[int(np.argmax(p))],
+                     {c: float(v) for c, v in zip(classes, p)}, found)
+                for (box, found), p in zip(located, probs)]
+
+    def analyze(self, image: Any, channels: Channels = "BGR") -> list[Face]:
+        """The faces of one picture, left to right. `image`: a path, encoded bytes, a data
+        URL, a NumPy array (HxW gray, or colour in `channels` order) or a PIL image."""
+        return self._faces(*self.crops(image, channels))
+
+    def analyze_video(self, path: str | Path, every: int = 1) -> Iterator[Frame]:
+        """Every `every`-th frame of a video, with its faces (skipped frames are not decoded)."""
+        import cv2
+
+        if every < 1:
+            raise ValueError(f"every must be 1 or more, got {every}")
+        capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        if not capture.isOpened():
+            raise ImageError(f"{path}: not a video OpenCV can read")
+        fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+        index = 0
+        try:
+            while True:
+                if index % every:
+                    if not capture.grab():
+                        break
+                    index += 1
+                    continue
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                yield Frame(index, round(index / fps, 3) if fps > 0 else None,
+                            self.analyze(frame), frame)
+                index += 1
+        finally:
+            capture.release()
+        if index == 0:
+            raise ImageError(f"{path}: no frames could be decoded")
+
+    def explain(self, image: Any, channels: Channels = "BGR") -> list[Explanation]:
+        """Grad-CAM maps for the same faces `analyze` finds, for their predicted emotion."""
+        from ferpipe.explain import gradcam
+
+        located, crops = self.crops(image, channels)
+        faces = self._faces(located, crops)
+        if not faces:
+            return []
+        picked = np.array([self.classes.index(f.emotion) for f in faces])
+        maps = gradcam(self.classifier.model, crops, picked)
+        return [Explanation(f, c, m) for f, c, m in zip(faces, crops, maps)]
+
+
+def video_summary(frames: Iterator[Frame], classes: list[str], every: int, fps: float,
+                  on_frame: Callable[[Frame], None] | None = None) -> Iterator[dict]:
+    """The JSON lines of `ferpipe predict` for a video: one per face (or {"faces": 0} for a
+    frame without one), then {"summary": ...}."""
+    counts = dict.fromkeys(classes, 0)
+    analysed = faces = empty = 0
+    start = time.perf_counter()
+    last = -1
+    for frame in frames:
+        analysed += 1
+        last = frame.index
+        stamp = {"frame": frame.index, "time_s": frame.time_s}
+        if not frame.faces:
+            empty += 1
+            yield {**stamp, "faces": 0}
+        for face in frame.faces:
+            counts[face.emotion] += 1
+            faces += 1
+            yield {**stamp, **face.to_dict()}
+        if on_frame is not None:
+            on_frame(frame)
+    elapsed = time.perf_counter() - start
+    yield {"summary": {"frames": last + 1, "frames_analyzed": analysed, "every": every,
+                       "video_fps": round(fps, 3), "faces": faces, "frames_without_face": empty,
+                       "emotions": counts, "seconds": round(elapsed, 3),
+                       "fps": round(analysed / elapsed, 2) if elapsed > 0 else None}}
+
+
+def draw(image: np.ndarray, faces: list[Face]) -> np.ndarray:
+    """A BGR copy of `image` with each face's box and 'emotion p' drawn."""
+    import cv2
+
+    out = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image[..., :3].copy()
+    thick = max(1, round(max(out.shape[:2]) / 400))
+    for face in faces:
+        x, y, w, h = face.box
+        label = f"{face.emotion} {face.score:.2f}"
+        scale = max(0.4, w / 160)
+        cv2.rectangle(out, (x, y), (x + w, y + h), (0, 220, 0), thick)
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+        ty = y - 4 if y - th - base - 4 >= 0 else y + h + th + 4
+        cv2.rectangle(out, (x, ty - th - base), (x + tw, ty + base), (0, 220, 0), cv2.FILLED)
+        cv2.putText(out, label, (x, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick, cv2.LINE_AA)
+    return out
