@@ -4,7 +4,7 @@ from pathlib import Path
 from ferpipe.pipeline.augment import AugmentConfig, augment
 from ferpipe.pipeline.config import load_section, run_main
 
-PREPARED = Path("data/prepared")
+PREPARED = Path("data/prepared/fer2013")  # augmented copies feed the FER2013-trained models
 OUT_DIR = Path("data/augmented")
 PREVIEW = Path("plots/augment_preview.png")
 

@@ -1,32 +1,41 @@
-"""Stage `prepare`: grayscale 48x48 arrays + manifest + data report from the raw archive."""
+"""Stage `prepare`: every source in params `prepare.sources` -> gray arrays split into
+train/val/test, a manifest and a data report each (data/prepared/<source>/)."""
 from pathlib import Path
 
 from ferpipe.pipeline.config import load_section, run_main
-from ferpipe.pipeline.data import PrepareConfig, prepare
+from ferpipe.pipeline.data import PrepareParams, prepare_all
 
 OUT_DIR = Path("data/prepared")
 REPORT = Path("metrics/data.json")
 
 
 def main() -> None:
-    cfg = load_section("prepare", PrepareConfig)
+    cfg = load_section("prepare", PrepareParams)
+    for name, spec in cfg.sources.items():  # before MLflow starts: a missing file is one line now
+        if not Path(spec.source).exists():
+            raise FileNotFoundError(f"{spec.source}: source '{name}' not found (run `dvc pull`?)")
     # Imported only now: MLflow takes seconds to load, and a params mistake is reported at once.
     import mlflow
 
     from ferpipe.pipeline.tracking import flatten, stage_run
 
-    with stage_run("prepare", vars(cfg), cfg.source):
-        report = prepare(cfg, OUT_DIR, REPORT)
-        metrics = {"kept": report["kept"], "duplicate_groups": report["duplicate_groups"],
-                   "conflicting_label_groups": report["conflicting_label_groups"],
-                   **flatten({"dropped": report["dropped"], "counts": report["counts"]})}
+    sources = [spec.source for spec in cfg.sources.values()]
+    with stage_run("prepare", flatten({"sources": {k: vars(v) for k, v in cfg.sources.items()}})
+                   | {k: v for k, v in vars(cfg).items() if k != "sources"}, sources[0]):
+        report = prepare_all(cfg, OUT_DIR, REPORT)
+        metrics = {}
+        for name, part in report["sources"].items():
+            metrics |= {f"{name}_{k}": v for k, v in flatten(
+                {"kept": part["kept"], "duplicate_groups": part["duplicate_groups"],
+                 "dropped": part["dropped"], "counts": part["counts"]}).items()}
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(REPORT))
-        mlflow.log_artifact(str(OUT_DIR / "manifest.csv"))
-    print(f"prepare: kept {report['kept']} images; counts {report['counts']}")
-    reasons = ", ".join(f"{n} {reason}" for reason, n in report["skipped_by_reason"].items())
-    print(f"prepare: skipped {report['skipped_count']} files"
-          + (f" ({reasons}), listed in {REPORT}" if reasons else ""))
+        for name in report["sources"]:
+            mlflow.log_artifact(str(OUT_DIR / name / "manifest.csv"), artifact_path=name)
+    for name, part in report["sources"].items():
+        reasons = ", ".join(f"{n} {reason}" for reason, n in part["skipped_by_reason"].items())
+        print(f"prepare: {name}: kept {part['kept']} images; counts {part['counts']}; skipped "
+              f"{part['skipped_count']} files" + (f" ({reasons})" if reasons else ""))
 
 
 if __name__ == "__main__":

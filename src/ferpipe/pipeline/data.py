@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import math
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -42,10 +44,22 @@ class PrepareConfig:
     max_entry_megabytes: float = 50.0
     max_total_megabytes: float = 4096.0
     max_image_megapixels: float = 25.0
+    # A regular expression over each file's stem whose first group names its group (a person):
+    # then val and test are drawn by group, stratified by class, so no group is in two splits.
+    group_pattern: str = ""
 
     def validate(self) -> None:
         if not self.source.strip():
             raise ValueError("source must name a zip archive or a folder, got ''")
+        if self.group_pattern:
+            try:
+                groups = re.compile(self.group_pattern).groups
+            except re.error as err:
+                raise ValueError(f"group_pattern {self.group_pattern!r} is not a regular "
+                                 f"expression ({err})") from None
+            if groups < 1:
+                raise ValueError(f"group_pattern {self.group_pattern!r} needs a (group) naming "
+                                 "the person, e.g. '(.+)_\\d+'")
         if len(self.classes) < 2 or len({c.lower() for c in self.classes}) != len(self.classes):
             raise ValueError(f"classes must be 2 or more distinct names (case-insensitive, as "
                              f"folder names are), got {self.classes}")
@@ -61,6 +75,61 @@ class PrepareConfig:
     def limits(self) -> ReadLimits:
         return ReadLimits(int(self.max_entry_megabytes * MB), int(self.max_total_megabytes * MB),
                           int(self.max_image_megapixels * MP))
+
+
+@dataclass
+class SourceSpec:
+    """One source of faces under params `prepare.sources.<name>`: where it is and how it is split."""
+
+    source: str
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    group_pattern: str = ""
+
+
+@dataclass
+class PrepareParams:
+    """Params section `prepare`: the sources, and the settings they share (PrepareConfig's)."""
+
+    sources: dict[str, SourceSpec]
+    classes: list[str] = field(default_factory=lambda: ["happy", "neutral", "sad", "surprise"])
+    image_px: int = 48
+    blank_std_threshold: float = 2.0
+    skip_corrupt: bool = False
+    seed: int = 42
+    max_entry_megabytes: float = 50.0
+    max_total_megabytes: float = 4096.0
+    max_image_megapixels: float = 25.0
+
+    def validate(self) -> None:
+        if not self.sources:
+            raise ValueError("sources must name at least one source")
+        for name in self.sources:
+            if not re.fullmatch(r"[a-z0-9_]+", name):
+                raise ValueError(f"source name {name!r}: use lower-case letters, digits and _ "
+                                 "(it is a folder name and a metrics key)")
+            self.for_source(name).validate()
+
+    def for_source(self, name: str) -> PrepareConfig:
+        shared = {k: v for k, v in vars(self).items() if k != "sources"}
+        return PrepareConfig(**vars(self.sources[name]), **shared)
+
+
+def prepare_all(params: PrepareParams, out_dir: Path, report_path: Path) -> dict:
+    """Every source into out_dir/<name>/ (train, val, test npz and a manifest); one report
+    with a section per source. Every source is checked before any is read."""
+    for name, spec in params.sources.items():
+        if not Path(spec.source).exists():
+            raise FileNotFoundError(f"{spec.source}: source '{name}' not found (run `dvc pull`?)")
+    reports = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in params.sources:
+            reports[name] = prepare(params.for_source(name), out_dir / name, Path(tmp) / f"{name}.json")
+    report = {"classes": params.classes, "sources": reports,
+              "kept": sum(r["kept"] for r in reports.values()),
+              "counts": {name: r["counts"] for name, r in reports.items()}}
+    write_json(report_path, report)
+    return report
 
 
 @dataclass
@@ -132,8 +201,33 @@ def deduplicate(samples: list[Sample], report: dict) -> list[Sample]:
     return sorted(kept, key=lambda s: s.source)
 
 
+def group_of(name: str, pattern: str, source: str) -> str:
+    """The group (person) of a file: group 1 of `pattern` matched against its stem."""
+    match = re.fullmatch(pattern, PurePosixPath(name).stem)
+    if match is None:
+        raise DataError(f"{source}: file {name!r} does not match prepare group_pattern "
+                        f"{pattern!r}; rename it or fix the pattern")
+    return match.group(1)
+
+
+def _draw(pool: list[int], labels: list[str], share: float, cfg: PrepareConfig,
+          samples: list[Sample]) -> list[int]:
+    """Indices of `pool` for a split of about `share`: stratified by class, seeded; by group
+    (StratifiedGroupKFold, one fold) when the source has a group pattern."""
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split  # slow import
+
+    if not cfg.group_pattern:
+        return train_test_split(pool, test_size=share, random_state=cfg.seed, stratify=labels)[1]
+    groups = [group_of(samples[i].source, cfg.group_pattern, cfg.source) for i in pool]
+    folds = StratifiedGroupKFold(n_splits=max(2, round(1.0 / share)), shuffle=True,
+                                 random_state=cfg.seed)
+    _, picked = next(folds.split(pool, labels, groups))
+    return [pool[i] for i in picked]
+
+
 def assign_splits(samples: list[Sample], cfg: PrepareConfig) -> None:
-    """Fill in missing val/test splits with stratified, seeded draws from train."""
+    """Fill in missing val/test splits with stratified, seeded draws from train (by group
+    where the source has a group pattern)."""
     given = {s.split for s in samples}
     if "train" not in given:
         raise DataError(f"{cfg.source}: no training images after cleaning; expected {LAYOUTS}")
@@ -152,10 +246,7 @@ def assign_splits(samples: list[Sample], cfg: PrepareConfig) -> None:
                             f"cleaning; drawing the {split} split with prepare.{split}_fraction="
                             f"{fraction:g} needs at least {need} per class; add images or raise "
                             f"prepare.{split}_fraction")
-        from sklearn.model_selection import train_test_split  # slow import: not before params are checked
-
-        _, picked = train_test_split(pool, test_size=share, random_state=cfg.seed, stratify=labels)
-        for i in picked:
+        for i in _draw(pool, labels, share, cfg, samples):
             samples[i].split = split
 
 

@@ -161,8 +161,41 @@ class TuneConfig:
 
 
 @dataclass
+class SourceMix:
+    """How one prepared source enters the fine-tune's training set each epoch."""
+    # At most this many training images of each class (a seeded draw; 0: all of them): caps
+    # a source's common classes so appending it does not shift the class priors.
+    per_class_cap: NonNegative = 0
+    repeat: Count = 1  # each drawn image this many times an epoch (a source's weight)
+
+
+@dataclass
+class FinetuneConfig:
+    """Params `finetune`: continue training a trained model on a mix of the prepared sources."""
+    base: Annotated[str, NON_EMPTY] = "tuned"  # a model under models/trained/<base>/
+    mix: dict[str, SourceMix] = field(default_factory=lambda: {"fer2013": SourceMix()})
+    epochs: Count = 3
+    learning_rate: LearningRate = 1e-4
+    random_shift: Fraction = 0.1
+    random_zoom: Fraction = 0.0  # zoom in and out by up to this fraction (framing range)
+    mixup_alpha: Annotated[float, Range(0)] = 0.0
+    seed: Seed = 42
+
+    def validate(self) -> None:
+        if not self.mix:
+            raise ValueError("mix must name at least one prepared source")
+
+
+# How the champion is chosen over the sources: each source's validation metric, averaged.
+SourceMetric = Literal["val_accuracy", "val_macro_f1"]
+
+
+@dataclass
 class EvaluateConfig:
     selection_metric: SelectionMetric = "val_accuracy"
+    # With several sources: the champion has the best mean of this over the sources' validation
+    # splits (every source weighs the same, however many faces it has).
+    source_selection_metric: SourceMetric = "val_macro_f1"
     # Test-time variants scored for every model; the champion is chosen among all of them on
     # validation, so a variant is released only where it helps there. flip: mean over mirror.
     tta: list[Literal["none", "flip"]] = field(default_factory=lambda: ["none", "flip"])

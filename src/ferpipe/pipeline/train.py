@@ -18,7 +18,7 @@ from ferpipe.modelio import save_model  # noqa: E402,F401 (re-exported for the s
 from ferpipe.pipeline.params import CNNSpec, TrainConfig  # noqa: E402,F401 (declared TF-free, see ferpipe.pipeline.params)
 from ferpipe.pipeline.tracking import log_keras_model, stage_run, try_log, use_tracking  # noqa: E402
 
-PREPARED_DIR = Path("data/prepared")
+PREPARED_DIR = Path("data/prepared/fer2013")  # the baselines, transfer and tune train on FER2013
 AUGMENTED_DIR = Path("data/augmented")
 
 
@@ -48,6 +48,7 @@ class Phase:
     before: Callable[[keras.Model], None] | None = None
     random_shift: float = 0.0  # online shifts of the training images, fraction of the side
     mixup_alpha: float = 0.0  # online mixup of the training batches (0: off)
+    random_zoom: float = 0.0  # online zoom in and out by up to this fraction (0: off)
 
     @classmethod
     def for_spec(cls, name: str, spec: CNNSpec, epochs: int | None = None) -> "Phase":
@@ -77,7 +78,7 @@ def set_determinism(seed: int, mixed_precision: bool = False) -> None:
 
 def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int,
                  shuffle_seed: int | None = None, mixup_alpha: float = 0.0,
-                 random_shift: float = 0.0) -> tf.data.Dataset:
+                 random_shift: float = 0.0, random_zoom: float = 0.0) -> tf.data.Dataset:
     """uint8 pixels -> float32 0..255, one-hot labels; shuffled each epoch when seeded.
 
     Optional online augmentation of training batches with built-in Keras layers: random shifts
@@ -96,6 +97,10 @@ def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int
         shift = keras.layers.RandomTranslation(random_shift, random_shift, fill_mode="nearest",
                                                seed=shuffle_seed, dtype="float32")
         ds = ds.map(lambda images, labels: (shift(images, training=True), labels))
+    if random_zoom > 0:  # loose FER2013 crops and tight photo or detector crops alike
+        zoom = keras.layers.RandomZoom(random_zoom, random_zoom, fill_mode="reflect",
+                                       seed=shuffle_seed, dtype="float32")
+        ds = ds.map(lambda images, labels: (zoom(images, training=True), labels))
     if mixup_alpha > 0:
         mixup = keras.layers.MixUp(alpha=mixup_alpha, seed=shuffle_seed, dtype="float32")
 
@@ -171,7 +176,8 @@ def fit(model: keras.Model, data: TrainData, cfg: TrainConfig, phases: list[Phas
         if phase.before:
             phase.before(model)
         train_ds = make_dataset(data.x_train, data.y_train, k, cfg.batch_size, shuffle_seed=cfg.seed,
-                                mixup_alpha=phase.mixup_alpha, random_shift=phase.random_shift)
+                                mixup_alpha=phase.mixup_alpha, random_shift=phase.random_shift,
+                                random_zoom=phase.random_zoom)
         ema = uses_ema(cfg, phase.epochs * -(-len(data.x_train) // cfg.batch_size))
         model.compile(optimizer=make_optimizer(cfg, phase.learning_rate, ema),
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),

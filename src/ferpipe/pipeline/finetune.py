@@ -1,0 +1,62 @@
+"""Fine-tuning a trained model on a mix of prepared sources (params `finetune`).
+
+The mix is declared per source: a per-class cap (a seeded draw) and a repeat factor, so a
+source dominated by two classes can be added without moving the class priors. The kept epoch
+is chosen on the sources' validation splits together; `evaluate` judges each source apart.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ferpipe.files import load_split
+from ferpipe.pipeline.params import FinetuneConfig, SourceMix, TrainConfig  # noqa: F401
+
+
+def mix_sources(prepared_dir: Path, mix: dict[str, SourceMix], seed: int
+                ) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, dict[str, int]]]:
+    """(x uint8 [N, H, W], y [N], classes, images drawn per source and class) of the training mix."""
+    rng = np.random.default_rng(seed)
+    xs, ys, drawn, classes = [], [], {}, None
+    for name, spec in mix.items():
+        if not (prepared_dir / name / "train.npz").is_file():
+            raise FileNotFoundError(f"{prepared_dir / name}: no prepared source '{name}' (params "
+                                    "finetune.mix names it; add it to prepare.sources)")
+        x, y, source_classes = load_split(prepared_dir / name, "train")
+        if classes is not None and source_classes != classes:
+            raise ValueError(f"source '{name}': classes {source_classes} differ from {classes}")
+        classes = source_classes
+        keep = []
+        for k in range(len(classes)):
+            idx = np.flatnonzero(y == k)
+            if spec.per_class_cap and len(idx) > spec.per_class_cap:
+                idx = np.sort(rng.choice(idx, spec.per_class_cap, replace=False))
+            keep.append(idx)
+        keep = np.concatenate(keep)
+        drawn[name] = {c: int((y[keep] == k).sum()) * spec.repeat for k, c in enumerate(classes)}
+        xs.append(np.repeat(x[keep], spec.repeat, axis=0))
+        ys.append(np.repeat(y[keep], spec.repeat, axis=0))
+    return np.concatenate(xs), np.concatenate(ys), list(classes or []), drawn
+
+
+def validation_mix(prepared_dir: Path, sources: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Every listed source's validation split, one after the other."""
+    parts = [load_split(prepared_dir / name, "val")[:2] for name in sources]
+    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
+
+
+def finetune(cfg: FinetuneConfig, train_cfg: TrainConfig, prepared_dir: Path, base_model: Path,
+             name: str = "finetuned") -> tuple[object, dict, dict]:
+    """(model, fit result, drawn counts): `base_model` trained on the mix for cfg.epochs."""
+    from ferpipe.modelio import load_keras
+    from ferpipe.pipeline.train import Phase, TrainData, fit
+
+    x, y, classes, drawn = mix_sources(prepared_dir, cfg.mix, cfg.seed)
+    x_val, y_val = validation_mix(prepared_dir, list(cfg.mix))
+    order = np.random.default_rng(cfg.seed).permutation(len(x))  # one array: the sources interleave
+    data = TrainData(x[order][..., None], y[order], x_val[..., None], y_val, classes)
+    model = load_keras(base_model)
+    phase = Phase(name, cfg.epochs, cfg.learning_rate, random_shift=cfg.random_shift,
+                  mixup_alpha=cfg.mixup_alpha, random_zoom=cfg.random_zoom)
+    return model, fit(model, data, train_cfg, [phase]), drawn

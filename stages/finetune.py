@@ -1,0 +1,45 @@
+"""Stage `finetune`: continue training a trained model on the mix of sources in params
+`finetune` (e.g. FER2013 with the real photos, capped per class), logged to MLflow."""
+from pathlib import Path
+
+from ferpipe.pipeline.config import load_section, run_main
+from ferpipe.pipeline.params import FinetuneConfig, TrainConfig
+
+PREPARED = Path("data/prepared")
+NAME = "finetuned"
+
+
+def main() -> None:
+    cfg = load_section("finetune", FinetuneConfig)
+    train_cfg = load_section("train", TrainConfig)
+    base = Path("models/trained") / cfg.base / "model.keras"
+    if not base.is_file():  # before TensorFlow and MLflow start
+        raise FileNotFoundError(f"{base}: no trained model '{cfg.base}' (params finetune.base); "
+                                "run `dvc repro` for it first")
+    for name in cfg.mix:
+        if not (PREPARED / name / "train.npz").is_file():
+            raise FileNotFoundError(f"{PREPARED / name}: no prepared source '{name}' (params "
+                                    "finetune.mix); add it to prepare.sources")
+    # Imported only now: TensorFlow takes ~10 s to load, and a params mistake is reported at once.
+    import mlflow
+
+    from ferpipe.pipeline.finetune import finetune
+    from ferpipe.pipeline.tracking import flatten, stage_run, use_tracking
+    from ferpipe.pipeline.train import output_paths, set_determinism, write_outputs
+
+    set_determinism(train_cfg.seed, train_cfg.mixed_precision)
+    use_tracking()
+    params = {"model_name": NAME, "finetune": {**vars(cfg), "mix": {k: vars(v) for k, v in cfg.mix.items()}},
+              "train": vars(train_cfg)}
+    with stage_run("finetune", params, PREPARED, run_name=NAME, tags={"model_name": NAME,
+                                                                        "base_model": cfg.base}):
+        model, result, drawn = finetune(cfg, train_cfg, PREPARED, base, NAME)
+        mlflow.log_metrics({f"drawn_{k}": v for k, v in flatten(drawn).items()})
+        result["drawn"] = drawn
+        metrics = write_outputs(model, result, NAME, **output_paths(NAME))
+    print(f"{NAME}: from {cfg.base}, drawn {drawn}; val_accuracy={metrics['val_accuracy']:.4f} "
+          f"(all sources' validation) wall={metrics['wall_seconds']}s")
+
+
+if __name__ == "__main__":
+    run_main(main)
