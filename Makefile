@@ -4,7 +4,7 @@
 # (Not `python3 -m site --user-base`: inside a virtualenv it prints the path and still exits 1.)
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
-.PHONY: install run test smoke ui
+.PHONY: install run test smoke ui plots
 
 # Debian/Ubuntu's Python refuses plain `pip install --user` (PEP 668); a user install of uv is safe.
 $(UV):
@@ -35,3 +35,8 @@ smoke: install
 
 ui: install
 	$(UV) run mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+# The plots of the workspace as one page, dvc_plots/index.html, that draws offline: .dvc/config names
+# docs/plots/offline_template.html, which carries Vega, Vega-Lite and Vega-Embed instead of CDN links.
+plots: install
+	$(UV) run dvc plots show -o dvc_plots

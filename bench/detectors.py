@@ -1,6 +1,6 @@
 """Compare face detectors on real photos with known face boxes; prints recall and false positives.
 
-    nice -n 19 uv run python bench/detectors.py            # the detectors installed here
+    nice -n 19 uv run python bench/detectors.py            # the detectors installed here (haar, yunet, mtcnn)
     FERPIPE_DETECTORS=haar uv run python bench/detectors.py
 
 Photos ship with installed packages: scikit-image's astronaut and cameraman, matplotlib's
@@ -22,7 +22,7 @@ import numpy as np
 import skimage.data as sd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from ferpipe.detect import detect_faces, has_mtcnn  # noqa: E402
+from ferpipe.detect import detect_faces, has_mtcnn, has_yunet  # noqa: E402
 
 HOPPER = Path(cv2.__file__).parents[1] / "matplotlib" / "mpl-data" / "sample_data" / "grace_hopper.jpg"
 LFW = Path(sd.__file__).parent / "lfw_subset.npy"
@@ -111,7 +111,8 @@ def match(found: list, truth: list, threshold: float = 0.3) -> tuple[int, int]:
 
 
 def main() -> None:
-    wanted = os.environ.get("FERPIPE_DETECTORS", "haar,mtcnn" if has_mtcnn() else "haar").split(",")
+    default = ["haar"] + ["yunet"] * has_yunet() + ["mtcnn"] * has_mtcnn()
+    wanted = os.environ.get("FERPIPE_DETECTORS", ",".join(default)).split(",")
     data = dataset()
     print(f"{'detector':8s} {'set':9s} {'images':>6s} {'faces':>5s} {'found':>5s} {'false+':>6s} {'cpu ms/img':>10s}")
     for name in wanted:

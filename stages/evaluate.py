@@ -1,4 +1,5 @@
-"""Stage `evaluate`: compare every trained model, pick the champion on validation, register it."""
+"""Stage `evaluate`: score every trained model on each source's validation and test split, pick
+the champion on validation (mean over sources), register it."""
 from pathlib import Path
 
 from ferpipe.pipeline.config import load_section, run_main
@@ -20,15 +21,20 @@ def main() -> None:
 
     from ferpipe.files import load_split
     from ferpipe.pipeline.evaluate import (SELECTION, choose_champion, evaluate_model, flat_row,
-                                  load_candidate, text_report, write_reports)
-    from ferpipe.explain import gradcam_grid
+                                           gradcam_grid, load_candidate, text_report, write_reports)
     from ferpipe.pipeline.registry import register_champion
-    from ferpipe.web.pyfunc import log_pyfunc
     from ferpipe.pipeline.tracking import data_version, stage_run
+    from ferpipe.web.pyfunc import log_pyfunc
 
-    x_val, y_val, classes = load_split(PREPARED, "val")
-    x_test, y_test, _ = load_split(PREPARED, "test")
-    splits = {"val": (x_val, y_val), "test": (x_test, y_test)}
+    sources, classes = {}, None
+    for folder in sorted(p.parent for p in PREPARED.glob("*/val.npz")):
+        x_val, y_val, classes = load_split(folder, "val")
+        x_test, y_test, _ = load_split(folder, "test")
+        sources[folder.name] = {"val": (x_val, y_val), "test": (x_test, y_test)}
+    if not sources:
+        raise FileNotFoundError(f"{PREPARED}: no prepared sources (*/val.npz); run `dvc repro prepare`")
+    y_tests = {s: splits["test"][1] for s, splits in sources.items()}
+    x_test, y_test = next(iter(sources.values()))["test"]  # the Grad-CAM grid's faces
     paths = sorted(MODELS.glob("*/model.keras"))
     if not paths:
         raise FileNotFoundError(f"{MODELS}: no trained models (*/model.keras); run `dvc repro` first")
@@ -36,7 +42,7 @@ def main() -> None:
     with stage_run("evaluate", vars(cfg), PREPARED):
         results, rows = {}, {}
         for path in paths:
-            for name, result in evaluate_model(path, splits, classes, cfg).items():
+            for name, result in evaluate_model(path, sources, classes, cfg).items():
                 results[name] = result
                 rows[name] = row = flat_row(name, result)
                 with mlflow.start_run(run_name=f"eval_{name}", nested=True,
@@ -46,20 +52,23 @@ def main() -> None:
                                        | {"latency_ms": result["latency_ms"]})
                 print(f"evaluate: {row}")
         champion = choose_champion(list(rows.values()), cfg.selection_metric)
-        summary = write_reports(results, list(rows.values()), champion, cfg, classes, y_test,
+        summary = write_reports(results, list(rows.values()), champion, cfg, classes, y_tests,
                                 METRICS, TABLE, PLOTS, TIMING)
         mlflow.log_metrics({f"champion_{s}_{k}": v for s in ("val", "test")
-                            for k, v in summary[s].items() if isinstance(v, float)})
+                            for k, v in summary[s].items() if isinstance(v, float)}
+                           | {f"champion_{src}_{s}_{k}": v for src, part in summary["sources"].items()
+                              for s in ("val", "test") for k, v in part[s].items()
+                              if isinstance(v, float)})
         mlflow.set_tag("champion", champion)
         mlflow.log_artifact(str(TABLE))
 
         with mlflow.start_run(run_name=f"champion_{champion}", nested=True,
                               tags={"stage": "evaluate", "model_name": champion, "champion": "true"}):
             mlflow.log_artifact(str(PLOTS / "champion_confusion.png"))  # drawn by write_reports
-            mlflow.log_text(text_report(y_val, results[champion]["val_pred"], classes),
-                            "classification_report_val.txt")
-            mlflow.log_text(text_report(y_test, results[champion]["test_pred"], classes),
-                            "classification_report_test.txt")
+            for source, splits in sources.items():
+                for split, (_, y) in splits.items():
+                    mlflow.log_text(text_report(y, results[champion]["pred"][f"{source}/{split}"],
+                                                classes), f"classification_report_{source}_{split}.txt")
             model = load_candidate(MODELS, summary["champion_model"], summary["champion_tta"])
             gradcam_grid(model, x_test, y_test, classes, GRADCAM)
             mlflow.log_artifact(str(GRADCAM))

@@ -23,7 +23,7 @@ def main() -> None:
     # Imported only now: TensorFlow takes ~10 s to load, and a params mistake is reported at once.
     import mlflow
 
-    from ferpipe.pipeline.finetune import finetune
+    from ferpipe.pipeline.finetune import finetune, per_source_val
     from ferpipe.pipeline.tracking import flatten, stage_run, use_tracking
     from ferpipe.pipeline.train import output_paths, set_determinism, write_outputs
 
@@ -36,9 +36,12 @@ def main() -> None:
         model, result, drawn = finetune(cfg, train_cfg, PREPARED, base, NAME)
         mlflow.log_metrics({f"drawn_{k}": v for k, v in flatten(drawn).items()})
         result["drawn"] = drawn
+        result["val_sources"] = per_source_val(model, PREPARED, list(cfg.mix), 256)
+        mlflow.log_metrics({f"val_{k.replace('.', '_')}": v
+                            for k, v in flatten(result["val_sources"]).items()})
         metrics = write_outputs(model, result, NAME, **output_paths(NAME))
-    print(f"{NAME}: from {cfg.base}, drawn {drawn}; val_accuracy={metrics['val_accuracy']:.4f} "
-          f"(all sources' validation) wall={metrics['wall_seconds']}s")
+    print(f"{NAME}: from {cfg.base}, drawn {drawn}; validation {result['val_sources']}; "
+          f"wall={metrics['wall_seconds']}s")
 
 
 if __name__ == "__main__":

@@ -36,13 +36,16 @@ def main() -> None:
     evaluation = json.loads(EVALUATION.read_text())
     name, model_name = evaluation["champion"], evaluation["champion_model"]
     latency_ms = json.loads(TIMING.read_text())["latency_ms_single_image"][name]
-    x_test, y_test, classes = load_split("data/prepared", "test")
+    # Sample faces from the last source (the photos: what users bring), the card's example too.
+    last = sorted(p.parent for p in Path("data/prepared").glob("*/test.npz"))[-1]
+    x_test, y_test, classes = load_split(last, "test")
     with stage_run("release", vars(cfg), "data/prepared", tags={"model_name": name}):
         exported = export(Path("models/trained") / model_name / "model.keras", OUT_DIR, x_test,
                           y_test, cfg, tta=evaluation["champion_tta"])
         commit, dirty = git_state()
-        data = {"data/raw": data_version(read_params()["prepare"]["source"]),
-                "data/prepared": data_version("data/prepared")}
+        sources = read_params()["prepare"]["sources"]
+        data = {spec["source"]: data_version(spec["source"]) for spec in sources.values()}
+        data["data/prepared"] = data_version("data/prepared")
         markdown, card = model_card(name, classes, evaluation, exported, data,
                                     champion_params(model_name), commit, dirty, latency_ms)
         write_card(OUT_DIR, markdown, card)

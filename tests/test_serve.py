@@ -166,3 +166,59 @@ def test_bad_payloads_get_400_with_the_reason(server, payload, reason):
     status, body = post(server, payload)
     assert status == 400, body
     assert reason in body["message"]
+
+
+@pytest.fixture(scope="module")
+def ferpipe_serve(tmp_path_factory):
+    """`ferpipe serve` on the release, from a folder with no MLflow database (a fresh clone)."""
+    cwd = tmp_path_factory.mktemp("ferpipe-serve")
+    port = free_port()
+    log = (cwd / "serve.log").open("wb")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, "-m", "ferpipe", "serve", "--port", str(port),
+                             "--max-request-mb", "2", "--max-megapixels", "1"],
+                            cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("ferpipe serve did not start:\n"
+                                         + (cwd / "serve.log").read_text()[-3000:]) from None
+                time.sleep(1)
+        yield url, cwd
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+        log.close()
+
+
+def test_ferpipe_serve_answers_photos_without_a_registry(ferpipe_serve):
+    from skimage import data
+
+    url, cwd = ferpipe_serve
+    status, body = post(url, json.dumps({"dataframe_records": [{"image": jpeg_b64(data.astronaut())}]}))
+    assert status == 200, body
+    (face,) = body["predictions"][0]["faces"]
+    assert face["emotion"] == "happy" and face["found"] == "detected"
+    assert not (cwd / "mlflow.db").exists()  # nothing left behind
+
+
+def test_ferpipe_serve_limits_are_413_and_400_with_reasons(ferpipe_serve):
+    from skimage import data
+
+    url, _ = ferpipe_serve
+    big = json.dumps({"dataframe_records": [{"image": "A" * 3_000_000}]})
+    status, body = post(url, big)
+    assert status == 413 and "over 2 MB" in body["message"]
+    wide = np.tile(data.astronaut(), (2, 2, 1))  # 1024x1024: over 1 megapixel
+    status, body = post(url, json.dumps({"dataframe_records": [{"image": jpeg_b64(wide)}]}))
+    assert status == 400 and "over the limit of 1 megapixels" in body["message"], body
+    broken = base64.b64encode(b"\x89PNG\r\n\x1a\n broken header").decode()
+    status, body = post(url, json.dumps({"dataframe_records": [{"image": broken}]}))
+    assert status == 400 and "damaged PNG image" in body["message"], body

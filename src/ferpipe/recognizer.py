@@ -185,9 +185,9 @@ class EmotionRecognizer:
 
 
 def video_summary(frames: Iterator[Frame], classes: list[str], every: int, fps: float,
-                  on_frame: Callable[[Frame], None] | None = None) -> Iterator[dict]:
+                  on_frame: Callable[[Frame], None] | None = None, total: int = 0) -> Iterator[dict]:
     """The JSON lines of `ferpipe predict` for a video: one per face (or {"faces": 0} for a
-    frame without one), then {"summary": ...}."""
+    frame without one), then {"summary": ...}. `total`: the container's frame count, if known."""
     counts = dict.fromkeys(classes, 0)
     analysed = faces = empty = 0
     start = time.perf_counter()
@@ -206,7 +206,7 @@ def video_summary(frames: Iterator[Frame], classes: list[str], every: int, fps: 
         if on_frame is not None:
             on_frame(frame)
     elapsed = time.perf_counter() - start
-    yield {"summary": {"frames": last + 1, "frames_analyzed": analysed, "every": every,
+    yield {"summary": {"frames": max(total, last + 1), "frames_analyzed": analysed, "every": every,
                        "video_fps": round(fps, 3), "faces": faces, "frames_without_face": empty,
                        "emotions": counts, "seconds": round(elapsed, 3),
                        "fps": round(analysed / elapsed, 2) if elapsed > 0 else None}}

@@ -133,7 +133,7 @@ def do_video(path: Path, recognizer: Any, every: int, annotations: Annotations |
                 out.write(draw(frame.image, frame.faces))
 
         for item in video_summary(recognizer.analyze_video(path, every), recognizer.classes,
-                                  every, fps, on_frame):
+                                  every, fps, on_frame, total):
             emit({"file": str(path), **item})
 
 
@@ -153,10 +153,14 @@ def run(args: argparse.Namespace) -> int:
                 raise FileNotFoundError(f"{path}: no such file or folder")
             with path.open("rb") as handle:
                 head = handle.read(16)
-            if path.suffix.lower() in VIDEO_SUFFIXES or (not image_format(head) and is_video(path)):
-                do_video(path, recognizer, args.every, annotations, root)
-            else:
+            if image_format(head):  # an image, even a damaged one, is never tried as a video
                 do_image(path, recognizer, annotations, root)
+            elif path.suffix.lower() in VIDEO_SUFFIXES or is_video(path):
+                do_video(path, recognizer, args.every, annotations, root)
+            elif len(head) == 0:
+                raise ValueError(f"{path}: empty file (0 bytes)")
+            else:
+                raise ValueError(f"{path}: not an image or a video OpenCV can read")
         except (OSError, ValueError) as err:
             report(err)
             failed += 1

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ferpipe.files import load_split
+from ferpipe.pipeline.config import PipelineError
 from ferpipe.pipeline.params import FinetuneConfig, SourceMix, TrainConfig  # noqa: F401
 
 
@@ -25,7 +26,7 @@ def mix_sources(prepared_dir: Path, mix: dict[str, SourceMix], seed: int
                                     "finetune.mix names it; add it to prepare.sources)")
         x, y, source_classes = load_split(prepared_dir / name, "train")
         if classes is not None and source_classes != classes:
-            raise ValueError(f"source '{name}': classes {source_classes} differ from {classes}")
+            raise PipelineError(f"source '{name}': classes {source_classes} differ from {classes}")
         classes = source_classes
         keep = []
         for k in range(len(classes)):
@@ -60,3 +61,22 @@ def finetune(cfg: FinetuneConfig, train_cfg: TrainConfig, prepared_dir: Path, ba
     phase = Phase(name, cfg.epochs, cfg.learning_rate, random_shift=cfg.random_shift,
                   mixup_alpha=cfg.mixup_alpha, random_zoom=cfg.random_zoom)
     return model, fit(model, data, train_cfg, [phase]), drawn
+
+
+def per_source_val(model: object, prepared_dir: Path, sources: list[str], batch_size: int) -> dict:
+    """{source: {accuracy, macro_f1, recall_<class>...}} on each source's validation split (logged per run, so
+    MLflow compares mixes source by source)."""
+    from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+    from ferpipe.pipeline.evaluate import predict_probs
+
+    out = {}
+    for name in sources:
+        x, y, classes = load_split(prepared_dir / name, "val")
+        pred = predict_probs(model, x, batch_size).argmax(axis=1)
+        labels = list(range(len(classes)))
+        recall = recall_score(y, pred, labels=labels, average=None, zero_division=0)
+        out[name] = {"accuracy": float(accuracy_score(y, pred)),
+                     "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+                     **{f"recall_{c}": float(r) for c, r in zip(classes, recall)}}
+    return out

@@ -133,6 +133,15 @@ class TransferSpec:
                              f"alpha {list(WEIGHTS_ALPHAS[self.backbone])} (or set weights: none)")
 
 
+def check_weights_file(spec: TransferSpec, name: str, params_file: Path | str = "params.yaml") -> None:
+    """FileNotFoundError naming the params key if `spec.weights` is a local file that is missing:
+    checked as params load, not after MLflow and TensorFlow have (tens of seconds later)."""
+    if spec.weights not in ("imagenet", "none", "") and not Path(spec.weights).is_file():
+        raise FileNotFoundError(f"{params_file}:transfer.{name}.weights: file '{spec.weights}' not "
+                                "found; run `dvc pull`, put the official Keras '_no_top' .h5 file "
+                                "there, or set weights: imagenet where a network exists")
+
+
 @dataclass
 class SearchSpace:
     """The training recipe of one baseline family, searched around that baseline's own values.
@@ -186,16 +195,12 @@ class FinetuneConfig:
             raise ValueError("mix must name at least one prepared source")
 
 
-# How the champion is chosen over the sources: each source's validation metric, averaged.
-SourceMetric = Literal["val_accuracy", "val_macro_f1"]
-
 
 @dataclass
 class EvaluateConfig:
-    selection_metric: SelectionMetric = "val_accuracy"
-    # With several sources: the champion has the best mean of this over the sources' validation
-    # splits (every source weighs the same, however many faces it has).
-    source_selection_metric: SourceMetric = "val_macro_f1"
+    # The champion has the best mean of this over the sources' validation splits (every source
+    # weighs the same, however many faces it has).
+    selection_metric: SelectionMetric = "val_macro_f1"
     # Test-time variants scored for every model; the champion is chosen among all of them on
     # validation, so a variant is released only where it helps there. flip: mean over mirror.
     tta: list[Literal["none", "flip"]] = field(default_factory=lambda: ["none", "flip"])

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 
 from ferpipe.files import atomic_path, write_json, write_npz
+from ferpipe.pipeline.config import PipelineError
 from ferpipe.pipeline.params import ReleaseConfig  # noqa: F401 (declared TF-free, see ferpipe.pipeline.params)
 from ferpipe.modelio import save_model
 
@@ -21,75 +22,154 @@ def export(model_path: Path, out_dir: Path, x_test: np.ndarray, y_test: np.ndarr
     model = keras.models.load_model(model_path)
     model = with_flip_tta(model) if tta == "flip" else model
     if tuple(model.input_shape[1:]) != x_test.shape[1:] + (1,):
-        raise ValueError(f"{model_path}: input shape {model.input_shape} does not take "
+        raise PipelineError(f"{model_path}: input shape {model.input_shape} does not take "
                          f"{x_test.shape[1:]} grayscale images")
     release_path = out_dir / "model.keras"
     save_model(model, release_path)
     megabytes = release_path.stat().st_size / 1e6
     if megabytes > cfg.max_megabytes:
         release_path.unlink()
-        raise ValueError(f"{model_path}: released file would be {megabytes:.1f} MB, over "
+        raise PipelineError(f"{model_path}: released file would be {megabytes:.1f} MB, over "
                          f"release.max_megabytes={cfg.max_megabytes}")
     samples = x_test[: cfg.sample_images]
     probs = keras.models.load_model(release_path)(samples[..., None].astype("float32")).numpy()
     write_npz(out_dir / "samples.npz", x=samples, y=y_test[: cfg.sample_images], probs=probs)
+    import cv2
+
+    ok, png = cv2.imencode(".png", samples[0])  # the card's example face
+    with atomic_path(out_dir / "sample_face.png") as tmp:
+        tmp.write_bytes(png.tobytes())
     return {"file": str(release_path), "megabytes": round(megabytes, 2), "params": model.count_params()}
+
+
+def _front_matter(name: str, evaluation: dict) -> str:
+    """Hugging Face model-card metadata: licence, library, datasets and a model-index with the
+    test results of each source."""
+    results = []
+    for source, part in evaluation["sources"].items():
+        metrics = "".join(f"""
+          - type: {key}
+            value: {part['test'][key]:.4f}
+            name: test {key.replace('_', '-')}""" for key in ("accuracy", "macro_f1"))
+        results.append(f"""
+      - task:
+          type: image-classification
+          name: facial emotion recognition
+        dataset:
+          type: {SOURCE_DATASETS.get(source, source)}
+          name: {source} (test split of this project)
+        metrics:{metrics}""")
+    return f"""---
+license: apache-2.0
+library_name: keras
+pipeline_tag: image-classification
+tags: [facial-emotion-recognition, fer2013, grayscale, dvc, mlflow]
+datasets: [{", ".join(SOURCE_DATASETS.get(s, s) for s in evaluation["sources"])}]
+metrics: [accuracy, f1]
+model-index:
+  - name: {name}
+    results:{"".join(results)}
+---
+"""
+
+
+# What each prepared source is, for the card (see data/SOURCES in the shared inputs).
+SOURCE_DATASETS = {"fer2013": "fer2013", "real": "lfw-facial-expressions"}
+SOURCE_NOTES = {"fer2013": "FER2013 training split (48x48 web crops, loosely framed), image-level split",
+                "real": "labelled LFW photos (350x350, tightly cropped), split by person"}
 
 
 def model_card(name: str, classes: list[str], evaluation: dict, exported: dict, data: dict,
                params: dict, commit: str, dirty: bool, latency_ms: float) -> tuple[str, dict]:
-    """The card as Markdown and as its JSON twin."""
+    """The card as Markdown (Hugging Face format: YAML front matter) and as its JSON twin."""
     card = {
         "model": name, "file": "model.keras", "classes": classes,
         "input": "float32 or uint8 array [batch, 48, 48, 1] of raw grayscale pixels 0..255; "
                  "scaling and any resizing happen inside the model",
         "output": f"float32 [batch, {len(classes)}] class probabilities in the order of 'classes'",
-        "selection": f"chosen on validation {evaluation['selection_metric']} among all trained models",
-        "validation": evaluation["val"], "test": evaluation["test"],
+        "selection": f"the best mean over sources of {evaluation['selection_metric']} among all "
+                     "trained models",
+        "sources": evaluation["sources"], "validation": evaluation["val"], "test": evaluation["test"],
         "latency_ms_single_image_cpu": latency_ms, "params": exported["params"],
         "megabytes": exported["megabytes"], "data_version": data, "training_params": params,
         "git_commit": commit, "git_dirty": dirty,
-        "training_data": "FER2013 training split (Kaggle image version), 4 classes; "
-                         "research and education use only, see data/SOURCES",
+        "training_data": "; ".join(SOURCE_NOTES.get(s, s) for s in evaluation["sources"])
+                         + ". Research and education use only (see data/SOURCES.md)",
     }
+    rows = []
+    for source, part in evaluation["sources"].items():
+        for split in ("val", "test"):
+            m = part[split]
+            recalls = " / ".join(f"{m['per_class'][c]['recall']:.2f}" for c in classes)
+            rows.append(f"| {source} | {split} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} | {recalls} |")
+    markdown = _front_matter(name, evaluation) + f"""
+# {name}: facial emotion ({", ".join(classes)})
 
-    def fmt(split: dict) -> str:
-        rows = [f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1-score']:.3f} |"
-                for c, v in split["per_class"].items()]
-        return (f"accuracy {split['accuracy']:.4f}, macro-F1 {split['macro_f1']:.4f}, "
-                f"log loss {split['log_loss']:.4f}, ECE {split['ece']:.4f}\n\n"
-                "| class | precision | recall | F1 |\n|---|---|---|---|\n" + "\n".join(rows))
+A Keras CNN that reads one gray face crop and gives the probability of each of {len(classes)}
+emotions; with `ferpipe`, it finds the faces in photos and videos first. Released by the
+`release` stage of this project's DVC pipeline.
 
-    markdown = f"""# Model card: {name}
+## Results
 
-Facial-emotion classifier for 48x48 grayscale faces, released by the `release` stage.
+Chosen on validation only: {card['selection']}. Test was never used to choose.
 
-- **Classes (output order):** {", ".join(classes)}
-- **Input:** {card['input']}
-- **Output:** {card['output']}
-- **Selection:** {card['selection']}; the test split was never used to choose.
-- **Size:** {exported['params']:,} parameters, {exported['megabytes']} MB; single-image CPU latency {latency_ms:.2f} ms (measured by the evaluate stage)
-- **Data version (DVC md5):** {", ".join(f"`{k}`: `{v}`" for k, v in data.items())}
-- **Code:** git commit `{commit}`{" (with uncommitted changes)" if dirty else ""}
-- **Training data and terms:** {card['training_data']}
+| source | split | accuracy | macro-F1 | recall {" / ".join(classes)} |
+|---|---|---:|---:|---|
+{chr(10).join(rows)}
 
-## Validation
-
-{fmt(evaluation['val'])}
-
-## Test
-
-{fmt(evaluation['test'])}
+Sources: {card['training_data']}.
 
 ## Use
 
 ```python
-import keras, numpy as np
-model = keras.models.load_model("models/release/model.keras")
-probs = model(np.zeros((1, 48, 48, 1), "float32")).numpy()  # raw pixels 0..255
+from ferpipe import EmotionRecognizer
+
+faces = EmotionRecognizer().analyze("photo.jpg")    # or bytes, an array, a PIL image
+print(faces[0].emotion, faces[0].probabilities)
 ```
 
-## Training params
+The model file alone (a real test face is in `sample_face.png` beside it):
+
+```python
+import cv2, keras
+model = keras.models.load_model("model.keras")
+face = cv2.imread("sample_face.png", cv2.IMREAD_GRAYSCALE)     # 48x48 gray, 0..255
+probs = model(face[None, :, :, None].astype("float32")).numpy()[0]
+```
+
+## Preprocessing contract
+
+- **Gray:** one channel, luminance (OpenCV's BGR->gray weights); colour is not used.
+- **Framing:** a square crop of the face: the detector's box (YuNet, made square about its
+  centre; Haar's as it is), or the whole centred square of a picture that is already a face.
+  Training saw loose FER2013 crops and tight photo crops.
+- **Size and range:** resized to 48x48 with area averaging; raw pixels 0..255 as float32 or
+  uint8. Scaling happens inside the model.
+
+## Intended use and out of scope
+
+- Intended: research and teaching on facial expression; batch analysis of photos and videos
+  where a person's expression is the subject (e.g. labelling a photo collection).
+- Out of scope: decisions about people (hiring, policing, health, credit), inferring inner
+  feelings from a face, any use where an error harms someone; the 4 labels are posed or
+  perceived expressions, not emotions felt.
+
+## Known failure modes
+
+- Neutral faces in photos are often called sad, and closed-mouth smiles neutral or sad: see the
+  recall column for `real`; sad has few photo examples (about 18 in each photo split), so its
+  photo recall is noisy.
+- Faces under 32 px, strongly turned faces and faces the detector misses give no result; a
+  near-square picture with no face found is taken as a face (marked `found: whole_image`).
+- Trained on FER2013 and LFW photos: skin tones, ages and cultures are unevenly represented.
+
+## Details
+
+- **Size:** {exported['params']:,} parameters, {exported['megabytes']} MB; single-image CPU latency {latency_ms:.2f} ms (evaluate stage)
+- **Data version (DVC md5):** {", ".join(f"`{k}`: `{v}`" for k, v in data.items())}
+- **Code:** git commit `{commit}`{" (with uncommitted changes)" if dirty else ""}
+
+Training params:
 
 ```json
 {json.dumps(params, indent=2)}

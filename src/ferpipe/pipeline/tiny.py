@@ -22,9 +22,15 @@ from PIL import Image
 from ferpipe.pipeline.config import read_params
 
 TINY_ARCHIVE = "data/raw/tiny.zip"
-# Overrides merged into params.yaml; model sections are replaced whole.
+TINY_PHOTOS = "data/raw/tiny_real.zip"  # a second source, named by person as the real photos are
+# Overrides merged into params.yaml; model sections (and sources, mixes) are replaced whole.
 TINY_PARAMS = {
-    "prepare": {"source": TINY_ARCHIVE, "val_fraction": 0.2, "test_fraction": 0.2},
+    "prepare": {"sources": {
+        "fer2013": {"source": TINY_ARCHIVE, "val_fraction": 0.2, "test_fraction": 0.2},
+        "real": {"source": TINY_PHOTOS, "val_fraction": 0.25, "test_fraction": 0.25,
+                 "group_pattern": "(.+)_\\d+"}}},
+    "finetune": {"epochs": 1, "mix": {"fer2013": {"per_class_cap": 0, "repeat": 1},
+                                      "real": {"per_class_cap": 12, "repeat": 2}}},
     "augment": {"copies": 1, "preview_images": 2},
     "train": {"batch_size": 16, "early_stopping_patience": 2},
     "baselines": {"cnn_a": {"filters": [8, 16], "dense_units": [16], "epochs": 3},
@@ -39,7 +45,7 @@ TINY_PARAMS = {
              "space": {"learning_rate": [0.003], "dropout": [0.2], "random_shift": [0.1],
                        "optimizer": ["adam"]}},
 }
-REPLACED_WHOLE = {"baselines", "transfer"}
+REPLACED_WHOLE = {"baselines", "transfer", "sources", "mix"}
 COPIED = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc/config", ".dvcignore", "data/weights",
           "MLproject", "pyproject.toml"]
 
@@ -64,9 +70,11 @@ def synthetic_image(label: int, rng: np.random.Generator, side: int = 48) -> np.
 
 def make_archive(path: Path | str, classes: list[str], per_class: int = 40, seed: int = 0,
                  layout: str = "fer", extra_classes: tuple[str, ...] = ("angry",)) -> Path:
-    """A zip in the FER2013 layout (train/ only) or the study's (train/validation/test)."""
+    """A zip in the FER2013 layout (train/ only), the study's (train/validation/test), or the
+    real photos' ("people": <class>/<Person>_<NNNN>.jpg, 96 px, a few photos a person)."""
     rng = np.random.default_rng(seed)
-    splits = {"fer": [("train", 1.0)], "study": [("train", 0.6), ("validation", 0.2), ("test", 0.2)]}[layout]
+    splits = {"fer": [("train", 1.0)], "study": [("train", 0.6), ("validation", 0.2), ("test", 0.2)],
+              "people": [("", 1.0)]}[layout]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w") as archive:
@@ -74,8 +82,11 @@ def make_archive(path: Path | str, classes: list[str], per_class: int = 40, seed
             for split, share in splits:
                 for i in range(max(2, int(per_class * share))):
                     buf = io.BytesIO()
-                    Image.fromarray(synthetic_image(label, rng)).save(buf, format="JPEG", quality=95)
-                    archive.writestr(f"tiny/{split}/{name}/{split}_{i:04d}.jpg", buf.getvalue())
+                    side = 96 if layout == "people" else 48
+                    Image.fromarray(synthetic_image(label, rng, side)).save(buf, format="JPEG", quality=95)
+                    entry = (f"tiny_real/{name}/Person_{name}_{i // 3:02d}_{i % 3 + 1:04d}.jpg"
+                             if layout == "people" else f"tiny/{split}/{name}/{split}_{i:04d}.jpg")
+                    archive.writestr(entry, buf.getvalue())
     return path
 
 
@@ -133,7 +144,9 @@ def _write_project(dest: Path, source: Path, params: dict, per_class: int) -> No
             shutil.copy2(src, dest / rel)
     (dest / "params.yaml").write_text(yaml.safe_dump(merge(params, TINY_PARAMS), sort_keys=False))
     make_archive(dest / TINY_ARCHIVE, params["prepare"]["classes"], per_class=per_class)
-    (dest / ".gitignore").write_text("mlflow.db\nmlruns/\n/models/\n/tuning/\n/data/raw/tiny.zip\n")
+    make_archive(dest / TINY_PHOTOS, params["prepare"]["classes"], per_class=per_class, seed=1,
+                 layout="people")
+    (dest / ".gitignore").write_text("mlflow.db\nmlruns/\n/models/\n/tuning/\n/data/raw/tiny*.zip\n")
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=tiny", "-c", "user.email=tiny@localhost",
                  "commit", "-qm", "tiny project"]):

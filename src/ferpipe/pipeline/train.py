@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from ferpipe.files import load_split  # noqa: E402
+from ferpipe.pipeline.config import PipelineError  # noqa: E402
 from ferpipe.files import atomic_path, write_json  # noqa: E402
 from ferpipe.modelio import save_model  # noqa: E402,F401 (re-exported for the stages)
 from ferpipe.pipeline.params import CNNSpec, TrainConfig  # noqa: E402,F401 (declared TF-free, see ferpipe.pipeline.params)
@@ -63,7 +64,7 @@ def load_train_data(augmented_dir: Path | str, prepared_dir: Path | str, max_tra
     x, y, classes = load_split(augmented_dir, "train")
     x_val, y_val, val_classes = load_split(prepared_dir, "val")
     if classes != val_classes:
-        raise ValueError(f"{augmented_dir}: classes {classes} differ from {prepared_dir}'s {val_classes}")
+        raise PipelineError(f"{augmented_dir}: classes {classes} differ from {prepared_dir}'s {val_classes}")
     if 0 < max_train_images < len(x):
         keep = np.sort(np.random.default_rng(seed).choice(len(x), max_train_images, replace=False))
         x, y = x[keep], y[keep]
@@ -244,7 +245,8 @@ def write_outputs(model: keras.Model, result: dict, name: str, model_path: Path,
         pd.DataFrame(result["history"]).to_csv(tmp, index=False, float_format="%.6g")
     if mlflow.active_run():  # after saving, and through try_log: a tracker gone loses no training
         try_log("final metrics", mlflow.log_metrics,
-                {f"final_{k}": float(v) for k, v in {**metrics, **result["timing"]}.items()})
+                {f"final_{k}": float(v) for k, v in {**metrics, **result["timing"]}.items()
+                 if isinstance(v, int | float)})  # nested records (a fine-tune's mix) stay in the JSON
         curve = history_path.with_suffix(".png")
         plot_history(result["history"], curve, name)
         try_log("training curve", mlflow.log_artifact, str(curve))

@@ -88,7 +88,7 @@ def _decode_image(value: Any, row: int) -> np.ndarray:
     try:
         return load_image(raw, max_pixels=MAX_PIXELS)
     except ValueError as err:  # over the pixel limit, a broken header, a damaged image
-        raise bad_input(f"row {row}: 'image' {str(err).split(': ', 1)[-1]}") from None
+        raise bad_input(f"row {row}: 'image': {str(err).split(': ', 1)[-1]}") from None
 
 
 def _rows(model_input: Any) -> list[dict]:
@@ -135,6 +135,9 @@ class FerEmotionModel(mlflow.pyfunc.PythonModel):
                 faces[i] = _face_array(face, i, self.classifier.image_px)
             else:
                 photos[i] = _decode_image(image, i)
+        if faces and photos:
+            raise bad_input(f"rows {min(faces)} and {min(photos)}: a batch holds either 'face' rows "
+                            "or 'image' rows, not both; send them in two requests")
         out: list[dict] = [{"faces": []} for _ in rows]
         classes, px = self.classifier.classes, self.classifier.image_px
         if faces:

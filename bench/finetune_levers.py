@@ -1,0 +1,70 @@
+"""Which mix of sources (and augmentation) a fine-tune should use, judged on each source's
+validation split; one MLflow run per variant (experiment `finetune-levers`).
+
+    nice uv run python bench/finetune_levers.py [VARIANT ...]      # after `dvc repro tune`
+
+Every variant starts from params `finetune.base` and changes only what its entry says; the
+table printed at the end (and logs/finetune_levers.jsonl) is the evidence for params `finetune`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from ferpipe.pipeline.config import from_dict, load_section  # noqa: E402
+from ferpipe.pipeline.params import FinetuneConfig, SourceMix, TrainConfig  # noqa: E402
+
+PREPARED = Path("data/prepared")
+VARIANTS = {
+    "fer_only": {"mix": {"fer2013": {}}},
+    "append_all": {"mix": {"fer2013": {}, "real": {}}},
+    "cap800": {"mix": {"fer2013": {}, "real": {"per_class_cap": 800}}},
+    "cap800_zoom": {"mix": {"fer2013": {}, "real": {"per_class_cap": 800}}, "random_zoom": 0.15},
+    "cap800_x2": {"mix": {"fer2013": {}, "real": {"per_class_cap": 800, "repeat": 2}}},
+    "all_zoom": {"mix": {"fer2013": {}, "real": {}}, "random_zoom": 0.15},
+    "cap800_zoom_5ep": {"mix": {"fer2013": {}, "real": {"per_class_cap": 800}}, "random_zoom": 0.15,
+                        "epochs": 5},
+}
+
+
+def main() -> None:
+    import mlflow
+
+    from ferpipe.pipeline.finetune import finetune, per_source_val
+    from ferpipe.pipeline.tracking import flatten, use_tracking
+    from ferpipe.pipeline.train import set_determinism
+
+    base_cfg = load_section("finetune", FinetuneConfig)
+    train_cfg = load_section("train", TrainConfig)
+    names = sys.argv[1:] or list(VARIANTS)
+    use_tracking()
+    mlflow.set_experiment("finetune-levers")
+    base = Path("models/trained") / base_cfg.base / "model.keras"
+    out = Path("logs/finetune_levers.jsonl")
+    out.parent.mkdir(exist_ok=True)
+    for name in names:
+        raw = {**{k: v for k, v in dataclasses.asdict(base_cfg).items() if k != "mix"},
+               **{k: v for k, v in VARIANTS[name].items() if k != "mix"}}
+        cfg = from_dict(FinetuneConfig, {**raw, "mix": {s: dataclasses.asdict(from_dict(SourceMix, m, s))
+                                                        for s, m in VARIANTS[name]["mix"].items()}},
+                        f"variant {name}")
+        set_determinism(train_cfg.seed, train_cfg.mixed_precision)
+        start = time.perf_counter()
+        with mlflow.start_run(run_name=name, tags={"bench": "finetune_levers", "base_model": base_cfg.base}):
+            mlflow.log_params(flatten({"finetune": {**dataclasses.asdict(cfg)}}))
+            model, result, drawn = finetune(cfg, train_cfg, PREPARED, base, name)
+            scores = per_source_val(model, PREPARED, ["fer2013", "real"], 256)
+            mlflow.log_metrics({f"val_{s}_{k}": v for s, part in scores.items() for k, v in part.items()})
+        row = {"variant": name, "val": scores, "drawn": drawn, "epochs_run": result["epochs_run"],
+               "best_epoch": result["best_epoch"], "minutes": round((time.perf_counter() - start) / 60, 1)}
+        with out.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
