@@ -4,7 +4,7 @@
 # (Not `python3 -m site --user-base`: inside a virtualenv it prints the path and still exits 1.)
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
-.PHONY: install run test smoke ui plots
+.PHONY: install run test test-fast smoke ui plots
 
 # Debian/Ubuntu's Python refuses plain `pip install --user` (PEP 668); a user install of uv is safe.
 $(UV):
@@ -28,9 +28,13 @@ test: install
 	$(UV) run dvc pull data/raw/fer2013_train.zip.dvc data/weights/*.dvc
 	$(UV) run pytest -q
 
+# The edit-test loop: no subprocesses, no browser, no dvc repro; two workers.
+test-fast: install
+	$(UV) run pytest -q -m "not slow and not proc" -n 2
+
 # The whole pipeline on a tiny synthetic dataset in a scratch copy (a few minutes).
 smoke: install
-	rm -rf /tmp/fer-tiny && $(UV) run python -m ferpipe.tiny /tmp/fer-tiny
+	rm -rf /tmp/fer-tiny && $(UV) run python -m ferpipe.pipeline.tiny /tmp/fer-tiny
 	cd /tmp/fer-tiny && $(UV) run --project $(CURDIR) dvc repro
 
 ui: install

@@ -2,12 +2,13 @@
 import sys
 
 from ferpipe.pipeline.config import load_entry, load_section, run_main
-from ferpipe.pipeline.params import TrainConfig, TransferSpec
+from ferpipe.pipeline.params import TrainConfig, TransferSpec, check_weights_file
 
 
 def main() -> None:
     name = sys.argv[1] if len(sys.argv) > 1 else ""
     spec = load_entry("transfer", name, TransferSpec)
+    check_weights_file(spec, name)  # before MLflow and TensorFlow start: a missing file is one line now
     cfg = load_section("train", TrainConfig)
     # Imported only now: TensorFlow takes ~10 s to load, and a params mistake is reported at once.
     from ferpipe.pipeline.models import build_transfer, unfreeze_top

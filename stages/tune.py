@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ferpipe.pipeline.config import load_entry, load_section, run_main
+from ferpipe.pipeline.config import PipelineError, load_entry, load_section, run_main
 from ferpipe.pipeline.params import CNNSpec, TrainConfig, TuneConfig
 
 TUNER_DIR = Path("tuning")
@@ -45,7 +45,7 @@ def main() -> None:
     if is_worker():
         parent = find_parent_run(project, unfinished_only=True, wait_seconds=180)
         if parent is None:
-            raise ValueError(f"no running tune run for search '{project}': start the chief first")
+            raise PipelineError(f"no running tune run for search '{project}': start the chief first")
         tuner(parent).search(data=search_data, epochs=cfg.max_epochs)
         print(f"tune worker {os.environ['KERASTUNER_TUNER_ID']}: no trials left")
         return

@@ -10,7 +10,7 @@ from conftest import ROOT
 from ferpipe.pipeline.config import ConfigError, load_entry, load_section
 from ferpipe.pipeline.data import PrepareConfig
 from ferpipe.files import atomic_path, write_npz
-from ferpipe.pipeline.models import CNNSpec
+from ferpipe.pipeline.params import CNNSpec
 from ferpipe.pipeline.tiny import TINY_PARAMS, merge
 
 
@@ -28,8 +28,12 @@ def test_real_params_file_is_valid():
     from ferpipe.pipeline.tune import TuneConfig
 
     params = ROOT / "params.yaml"
-    for section, cls in [("prepare", PrepareConfig), ("augment", AugmentConfig), ("train", TrainConfig),
-                         ("tune", TuneConfig), ("evaluate", EvaluateConfig), ("release", ReleaseConfig)]:
+    from ferpipe.pipeline.data import PrepareParams
+    from ferpipe.pipeline.params import FinetuneConfig
+
+    for section, cls in [("prepare", PrepareParams), ("augment", AugmentConfig), ("train", TrainConfig),
+                         ("tune", TuneConfig), ("finetune", FinetuneConfig), ("evaluate", EvaluateConfig),
+                         ("release", ReleaseConfig)]:
         load_section(section, cls, params)
     import yaml
     from ferpipe.pipeline.models import TransferSpec
@@ -65,21 +69,32 @@ def test_missing_model_entry_lists_known_ones(tmp_path):
 
 
 def test_stage_exits_nonzero_with_one_line_error(tmp_path):
-    write_params(tmp_path, "prepare:\n  source: missing.zip\n  colour: gray\n")
+    write_params(tmp_path, "prepare:\n  sources: {a: {source: missing.zip}}\n  colour: gray\n")
     proc = subprocess.run([sys.executable, str(ROOT / "stages/prepare.py")], cwd=tmp_path,
                           capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        "error: params.yaml:prepare: unknown key 'colour' (allowed: source, classes, image_px, "
-        "val_fraction, test_fraction, blank_std_threshold, skip_corrupt, seed, max_entry_megabytes, "
-        "max_total_megabytes, max_image_megapixels)"]
+        "error: params.yaml:prepare: unknown key 'colour' (allowed: sources, classes, image_px, "
+        "blank_std_threshold, skip_corrupt, seed, max_entry_megabytes, max_total_megabytes, "
+        "max_image_megapixels)"]
 
 
-def test_missing_input_marks_mlflow_run_failed(tmp_path):
-    write_params(tmp_path, "prepare:\n  source: missing.zip\n")
+def test_a_missing_source_is_reported_before_mlflow_starts(tmp_path):
+    write_params(tmp_path, "prepare:\n  sources: {a: {source: missing.zip}}\n")
     proc = subprocess.run([sys.executable, str(ROOT / "stages/prepare.py")], cwd=tmp_path,
                           capture_output=True, text=True)
-    assert proc.returncode == 1 and "missing.zip: input data not found" in proc.stderr
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: missing.zip: source 'a' not found (run `dvc pull`?)"]
+    assert not (tmp_path / "mlflow.db").exists()  # no run was started, so none is left FAILED
+
+
+def test_a_failing_stage_marks_its_mlflow_run_failed(tmp_path):
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    write_params(tmp_path, "prepare:\n  sources: {a: {source: bad.zip}}\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "stages/prepare.py")], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "bad.zip: not a zip archive or a folder" in proc.stderr
     import mlflow
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["fer-pipeline"])

@@ -95,11 +95,11 @@ def app_url():
     """The demo app in this process (uvicorn in a thread), on 127.0.0.1."""
     import uvicorn
 
+    from ferpipe import EmotionRecognizer
     from ferpipe.web.demo import create_app
-    from ferpipe.inference import load_classifier
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(load_classifier(str(RELEASE))), host="127.0.0.1",
+    server = uvicorn.Server(uvicorn.Config(create_app(EmotionRecognizer(str(RELEASE))), host="127.0.0.1",
                                            port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

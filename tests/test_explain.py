@@ -58,7 +58,7 @@ def test_gradcam_reaches_into_a_backbone_and_a_tta_wrapper_and_refuses_a_model_w
 
 
 def test_grid_png_is_written_atomically(release, tmp_path):
-    from ferpipe.explain import gradcam_grid
+    from ferpipe.pipeline.evaluate import gradcam_grid
 
     model, classes, x, y = release
     path = gradcam_grid(model, x, y, classes, tmp_path / "plots/gradcam.png", per_class=3)
@@ -69,7 +69,7 @@ def test_grid_png_is_written_atomically(release, tmp_path):
 
 
 def explain(*argv: str) -> int:
-    from ferpipe.explain import add_parser
+    from ferpipe.cli.explain import add_parser
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
@@ -98,7 +98,8 @@ def test_explain_command_writes_an_overlay_per_face_and_names_bad_files(face_png
     captured = capsys.readouterr()
     (overlay,) = out.iterdir()
     assert overlay.name.startswith("face_face0_") and overlay.read_bytes()[:4] == b"\x89PNG"
-    assert f"{missing}: not found" in captured.err and f"{text}: not a readable image" in captured.err
+    assert f"{missing}: no such file" in captured.err
+    assert f"{text}: not an image (JPEG, PNG, BMP, GIF, TIFF or WebP)" in captured.err
 
     Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.jpg")
     Image.fromarray(data.coffee()).save(tmp_path / "coffee.jpg")

@@ -1,15 +1,19 @@
 """Model checks: every builder's shape, learning on a toy task, save/load, transfer weights."""
-from pathlib import Path
+from __future__ import annotations
 
-import keras
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
 
 from conftest import ROOT
-from ferpipe.pipeline.models import (BACKBONES, CNNSpec, TransferSpec, build_cnn, build_transfer,
-                            preprocessing_layers, resolve_weights, unfreeze_top)
+# TensorFlow loads inside the tests, not at collection: the fast tier collects without it.
+from ferpipe.pipeline.params import BACKBONE_NAMES, CNNSpec, TrainConfig, TransferSpec
 from ferpipe.pipeline.tiny import synthetic_image
-from ferpipe.pipeline.train import Phase, TrainConfig, TrainData, fit, save_model, set_determinism
+
+if TYPE_CHECKING:
+    from ferpipe.pipeline.train import TrainData
 
 WEIGHTS = ROOT / "data" / "weights"
 REAL_BACKBONES = [
@@ -25,6 +29,7 @@ CNN_SPECS = {
 
 
 def toy_data(n_per_class: int = 40, seed: int = 0) -> TrainData:
+    from ferpipe.pipeline.train import TrainData
     rng = np.random.default_rng(seed)
     y = np.repeat(np.arange(4), n_per_class)
     x = np.stack([synthetic_image(int(label), rng) for label in y])[..., None]
@@ -42,6 +47,7 @@ def weights_file(name: str) -> Path:
 
 @pytest.mark.parametrize("name", CNN_SPECS)
 def test_cnn_output_is_a_distribution_per_image(name):
+    from ferpipe.pipeline.models import build_cnn
     model = build_cnn(CNN_SPECS[name], num_classes=4)
     probs = model(np.random.default_rng(0).integers(0, 255, (3, 48, 48, 1)).astype("float32")).numpy()
     assert probs.shape == (3, 4) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
@@ -49,6 +55,8 @@ def test_cnn_output_is_a_distribution_per_image(name):
 
 @pytest.mark.parametrize("name", CNN_SPECS)
 def test_cnn_loss_falls_on_a_learnable_toy_task(name):
+    from ferpipe.pipeline.train import Phase, fit, set_determinism
+    from ferpipe.pipeline.models import build_cnn
     set_determinism(0)
     data = toy_data()
     cfg = TrainConfig(batch_size=16, early_stopping_patience=10)
@@ -60,6 +68,8 @@ def test_cnn_loss_falls_on_a_learnable_toy_task(name):
 
 
 def test_training_is_reproducible():
+    from ferpipe.pipeline.train import Phase, fit, set_determinism
+    from ferpipe.pipeline.models import build_cnn
     runs = []
     for _ in range(2):
         set_determinism(7)
@@ -70,6 +80,9 @@ def test_training_is_reproducible():
 
 
 def test_save_then_load_gives_equal_predictions_and_stable_bytes(tmp_path):
+    import keras
+    from ferpipe.pipeline.models import build_cnn
+    from ferpipe.pipeline.train import save_model
     model = build_cnn(CNN_SPECS["vgg"], 4)
     model.compile("adam", "categorical_crossentropy")  # a compiled model must save without optimizer
     save_model(model, tmp_path / "a.keras")
@@ -82,6 +95,9 @@ def test_save_then_load_gives_equal_predictions_and_stable_bytes(tmp_path):
 
 @pytest.mark.parametrize("backbone, alpha, filename", REAL_BACKBONES)
 def test_transfer_with_real_imagenet_weights(tmp_path, backbone, alpha, filename):
+    import keras
+    from ferpipe.pipeline.models import build_transfer, unfreeze_top
+    from ferpipe.pipeline.train import save_model
     spec = TransferSpec(backbone=backbone, alpha=alpha, weights=str(weights_file(filename)), input_px=32,
                         dense_units=8)
     model, base = build_transfer(spec, num_classes=4)
@@ -102,6 +118,8 @@ def test_transfer_with_real_imagenet_weights(tmp_path, backbone, alpha, filename
 
 
 def test_transfer_fine_tunes_on_a_toy_task():
+    from ferpipe.pipeline.train import Phase, fit, set_determinism
+    from ferpipe.pipeline.models import build_transfer, unfreeze_top
     set_determinism(0)
     spec = TransferSpec(backbone="mobilenet_v2", alpha=0.35, input_px=32, dense_units=16,
                         weights=str(weights_file(REAL_BACKBONES[1][2])))
@@ -113,8 +131,9 @@ def test_transfer_fine_tunes_on_a_toy_task():
     assert result["history"][-1]["loss"] < result["history"][0]["loss"]
 
 
-@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize("backbone", sorted(BACKBONE_NAMES))  # == BACKBONES' keys (test_params)
 def test_in_model_preprocessing_equals_the_backbones_own(backbone):
+    from ferpipe.pipeline.models import BACKBONES, preprocessing_layers
     import importlib
     modules = {"mobilenet": "mobilenet", "mobilenet_v2": "mobilenet_v2", "vgg16": "vgg16",
                "resnet50_v2": "resnet_v2", "efficientnet_b0": "efficientnet"}
@@ -128,11 +147,13 @@ def test_in_model_preprocessing_equals_the_backbones_own(backbone):
 
 
 def test_missing_weights_file_says_where_to_put_it():
+    from ferpipe.pipeline.models import resolve_weights
     with pytest.raises(FileNotFoundError, match="dvc pull"):
         resolve_weights("data/weights/nowhere.h5")
 
 
 def test_tuner_builds_the_baselines_architecture_with_each_recipe():
+    from ferpipe.pipeline.models import build_cnn
     import keras_tuner as kt
 
     from ferpipe.pipeline.tune import CNNHyperModel, TuneConfig
@@ -152,6 +173,7 @@ def test_tuner_builds_the_baselines_architecture_with_each_recipe():
 def test_tuner_trials_train_with_the_baselines_whole_recipe(monkeypatch):
     """A trial differs from the baseline only in what the search sets: mixup (not searched)
     must come along, or the search would rank recipes the baseline never trains with."""
+    from ferpipe.pipeline.train import Phase
     import keras_tuner as kt
 
     import ferpipe.pipeline.tune
@@ -172,6 +194,9 @@ def test_tuner_trials_train_with_the_baselines_whole_recipe(monkeypatch):
 def test_selection_follows_val_accuracy_with_ema_shifts_and_mixup_byte_for_byte(tmp_path):
     """The recipe the champion trains with: the kept weights are the best epoch by validation
     accuracy (EMA weights), and two runs save the very same bytes."""
+    import keras
+    from ferpipe.pipeline.train import Phase, fit, save_model, set_determinism
+    from ferpipe.pipeline.models import build_cnn
     cfg = TrainConfig(batch_size=16, ema_momentum=0.9, label_smoothing=0.1,
                       early_stopping_patience=2)
     files, results = [], []
@@ -191,6 +216,9 @@ def test_selection_follows_val_accuracy_with_ema_shifts_and_mixup_byte_for_byte(
 
 
 def test_flip_tta_is_the_mean_over_the_mirror_and_loads_with_plain_keras(tmp_path):
+    import keras
+    from ferpipe.pipeline.models import build_cnn
+    from ferpipe.pipeline.train import save_model
     from ferpipe.pipeline.models import with_flip_tta
 
     model = build_cnn(CNN_SPECS["vgg"], 4)
@@ -204,6 +232,9 @@ def test_flip_tta_is_the_mean_over_the_mirror_and_loads_with_plain_keras(tmp_pat
 def test_mixed_precision_trains_with_shifts_and_mixup():
     """train.mixed_precision with the champion's recipe: the data layers stay float32 (MixUp
     under the bf16 policy used to fail on mixing float32 weights with bf16 images)."""
+    import keras
+    from ferpipe.pipeline.train import Phase, fit, set_determinism
+    from ferpipe.pipeline.models import build_cnn
     cfg = TrainConfig(batch_size=16, early_stopping_patience=10, mixed_precision=True)
     try:
         set_determinism(0, mixed_precision=True)

@@ -133,7 +133,7 @@ def test_yaml_syntax_error_names_line_and_column(tmp_path):
 
 
 BAD_PARAMS = {  # one wrong value for each stage's own section
-    "prepare.py": "prepare:\n  source: ''\n",
+    "prepare.py": "prepare:\n  sources: {a: {source: ''}}\n",
     "augment.py": "augment:\n  shear: -1\n",
     "train_baseline.py": "baselines:\n  m: {filters: [8], epochs: 0}\n",
     "transfer.py": f"transfer:\n  m: {{backbone: mobilenet_v2, alpha: 0.3, weights: {V2_050}}}\n",

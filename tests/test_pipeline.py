@@ -2,17 +2,15 @@
 import json
 import sys
 
-import keras
-import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
 from conftest import run
 
 pytestmark = pytest.mark.slow
-STAGES = {"prepare", "augment", "train_baselines", "transfer", "tune", "evaluate", "release"}
+STAGES = {"prepare", "augment", "train_baselines", "transfer", "tune", "finetune", "evaluate", "release"}
+SOURCES = ("fer2013", "real")
 
 
 def dvc(project, *args):
@@ -20,14 +18,23 @@ def dvc(project, *args):
 
 
 def test_outputs_of_every_stage(tiny_project):
-    for split in ("train", "val", "test"):
-        assert (tiny_project / f"data/prepared/{split}.npz").exists()
-    assert (tiny_project / "data/prepared/manifest.csv").exists()
+    for source in SOURCES:
+        for split in ("train", "val", "test"):
+            assert (tiny_project / f"data/prepared/{source}/{split}.npz").exists()
+        assert (tiny_project / f"data/prepared/{source}/manifest.csv").exists()
     data = json.loads((tiny_project / "metrics/data.json").read_text())
-    assert data["kept"] == sum(data["counts"][s]["total"] for s in ("train", "val", "test"))
+    for source in SOURCES:
+        part = data["sources"][source]
+        assert part["kept"] == sum(part["counts"][s]["total"] for s in ("train", "val", "test"))
+    # the photos are split by person: nobody is in two splits
+    import pandas as pd
+
+    manifest = pd.read_csv(tiny_project / "data/prepared/real/manifest.csv")
+    person = manifest.source.str.rsplit("/", n=1).str[-1].str.rsplit("_", n=1).str[0]
+    assert (manifest.groupby(person).split.nunique() == 1).all()
     assert (tiny_project / "plots/augment_preview.png").stat().st_size > 1000
     params = yaml.safe_load((tiny_project / "params.yaml").read_text())
-    models = [*params["baselines"], *params["transfer"], "tuned"]
+    models = [*params["baselines"], *params["transfer"], "tuned", "finetuned"]
     for name in models:
         assert (tiny_project / f"models/trained/{name}/model.keras").exists()
         assert json.loads((tiny_project / f"metrics/train/{name}.json").read_text())["epochs_run"] >= 1
@@ -35,15 +42,21 @@ def test_outputs_of_every_stage(tiny_project):
     # every model as it is and with each test-time variant (flip averaging)
     assert set(evaluation["models"]) == {f"{m}{v}" for m in models for v in ("", "+flip")}
     assert evaluation["champion"].split("+")[0] == evaluation["champion_model"] in models
-    best = max(evaluation["models"].values(), key=lambda m: m["val_accuracy"])
-    assert evaluation["val"]["accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-4)
-    for name in models:
-        assert (tiny_project / f"plots/confusion/{name}.csv").exists()
+    best = max(evaluation["models"].values(), key=lambda m: m["val_macro_f1"])  # mean over sources
+    assert evaluation["val"]["macro_f1"] == pytest.approx(best["val_macro_f1"], abs=1e-4)
+    assert set(evaluation["sources"]) == set(SOURCES)
+    for source in SOURCES:
+        assert set(evaluation["sources"][source]) == {"val", "test"}
+        for name in models:
+            assert (tiny_project / f"plots/confusion/{source}/{name}.csv").exists()
     card = json.loads((tiny_project / "models/release/model_card.json").read_text())
     assert card["model"] == evaluation["champion"] and card["classes"] == params["prepare"]["classes"]
 
 
 def test_mlflow_holds_one_finished_run_per_stage_with_params_and_metrics(tiny_project):
+    import mlflow
+    import pandas as pd
+
     mlflow.set_tracking_uri(f"sqlite:///{tiny_project / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["fer-pipeline"])
     assert set(runs["tags.stage"]) == STAGES
@@ -53,7 +66,7 @@ def test_mlflow_holds_one_finished_run_per_stage_with_params_and_metrics(tiny_pr
     assert set(top["tags.git_commit"]) == {commit}
     assert "untracked" not in set(top["tags.data_version"])
     prepare = top[top["tags.stage"] == "prepare"].iloc[0]
-    assert prepare["params.seed"] == "42" and prepare["metrics.kept"] > 0
+    assert prepare["params.seed"] == "42" and prepare["metrics.fer2013_kept"] > 0 and prepare["metrics.real_kept"] > 0
     baselines = top[top["tags.stage"] == "train_baselines"]
     assert len(baselines) == 2 and baselines["metrics.final_val_accuracy"].notna().all()
     assert baselines["params.model.filters"].notna().all()
@@ -76,6 +89,8 @@ def test_second_repro_does_nothing(tiny_project):
 
 
 def test_released_model_loads_with_plain_keras(tiny_project):
+    import keras
+
     samples = np.load(tiny_project / "models/release/samples.npz")
     model = keras.models.load_model(tiny_project / "models/release/model.keras")
     probs = model(samples["x"][..., None].astype("float32")).numpy()

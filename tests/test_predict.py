@@ -258,28 +258,35 @@ def test_help_explains_each_command_without_loading_tensorflow():
     assert proc.stdout.strip() == "False", proc.stderr
 
 
+def readme_commands(heading: str) -> list[str]:
+    """The commands of the first bash block under `## heading` in the README, comments removed."""
+    section = (ROOT / "README.md").read_text().split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash", 1)[1].split("```", 1)[0].strip().splitlines()
+    return [c.split("#")[0].strip() for c in block if c.strip() and not c.startswith("#")]
+
+
 @pytest.mark.slow
-def test_readme_quick_start_from_a_clean_copy(tmp_path):
-    """The README's "Use the model" commands, in a copy of what git carries (a clone)."""
-    section = (ROOT / "README.md").read_text().split("## Use the model", 1)[1].split("\n## ", 1)[0]
-    commands = section.split("```bash", 1)[1].split("```", 1)[0].strip().splitlines()
-    commands = [c.split("#")[0].strip() for c in commands if c.strip() and not c.startswith("#")]
-    assert commands[0].startswith("git clone") and "ferpipe predict photo.jpg" in commands[-1]
+def test_readme_install_and_quick_start_from_a_clean_copy(tmp_path):
+    """The README's install commands, in a copy of what git carries, then its first predict."""
+    install, quick = readme_commands("Install"), readme_commands("Quick start")
+    assert install[0].startswith("git clone") and install[-1] == "source .venv/bin/activate"
+    assert quick[0] == "ferpipe predict photo.jpg"
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split("\0")
-    clone = tmp_path / "fer-pipeline"
+    clone = tmp_path / "ferpipe"
     for name in filter(None, files):
         if (ROOT / name).is_file():
             (clone / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, clone / name)
     cv2.imwrite(str(clone / "photo.jpg"), astronaut())
-    uv = shutil.which("uv") or str(Path.home() / ".local" / "bin" / "uv")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHONPATH"))}
-    for command in commands[1:]:
-        argv = command.split()
-        argv[0] = uv if argv[0] == "uv" else argv[0]
-        proc = subprocess.run(argv, cwd=clone, capture_output=True, text=True, env=env, timeout=900)
+    for command in install[1:-1]:
+        proc = subprocess.run(command.split(), cwd=clone, capture_output=True, text=True, env=env,
+                              timeout=900)
         assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    env["PATH"] = f"{clone / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"  # what `source` does
+    proc = subprocess.run(quick[0].split(), cwd=clone, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["emotion"] for r in rows] == ["happy"] and rows[0]["file"] == "photo.jpg"
 

@@ -25,7 +25,10 @@ def runs(uri: str, **filters: str):
 
 
 def test_unreachable_server_stops_prepare_with_one_line_before_reading_data(tmp_path):
-    (tmp_path / "params.yaml").write_text("prepare:\n  source: missing.zip\n")
+    from ferpipe.pipeline.tiny import make_archive
+
+    make_archive(tmp_path / "in.zip", ["happy", "sad"], per_class=2)
+    (tmp_path / "params.yaml").write_text("prepare:\n  sources: {a: {source: in.zip}}\n")
     proc = subprocess.run([sys.executable, str(ROOT / "stages/prepare.py")], cwd=tmp_path, text=True,
                           capture_output=True, env={**os.environ, "MLFLOW_TRACKING_URI": DEAD_URI},
                           timeout=600)  # a hang guard only: before the fix this took 4 minutes

@@ -28,9 +28,11 @@ def workdir(tmp_path: Path, **tune) -> Path:
     params["tune"].update(tune)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     make_archive(tmp_path / "data/raw/tiny.zip", params["prepare"]["classes"], per_class=40)
-    prepare(from_dict(PrepareConfig, {**params["prepare"], "source": str(tmp_path / "data/raw/tiny.zip")},
-                      "prepare"), tmp_path / "data/prepared", tmp_path / "metrics/data.json")
-    augment(from_dict(AugmentConfig, params["augment"], "augment"), tmp_path / "data/prepared",
+    shared = {k: v for k, v in params["prepare"].items() if k != "sources"}
+    spec = {**params["prepare"]["sources"]["fer2013"], "source": str(tmp_path / "data/raw/tiny.zip")}
+    prepared = tmp_path / "data/prepared/fer2013"  # where the training stages read FER2013
+    prepare(from_dict(PrepareConfig, {**shared, **spec}, "prepare"), prepared, tmp_path / "metrics/data.json")
+    augment(from_dict(AugmentConfig, params["augment"], "augment"), prepared,
             tmp_path / "data/augmented", tmp_path / "plots/augment_preview.png")
     return tmp_path
 

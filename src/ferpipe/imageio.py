@@ -1,7 +1,7 @@
 """The one way pictures come in: a path, bytes, a data URL, a NumPy array or a PIL image ->
 a BGR uint8 array (for drawing) and its gray copy (for detection and the model).
 
-Files are decoded by OpenCV (EXIF orientation applied). Every failure is an ImageError, a
+Files are decoded by OpenCV (EXIF orientation applied). Every failure is an ImageError (ferpipe.errors), a
 ValueError whose message is one line naming the file: a 0-byte file, a header over the pixel
 limit, a damaged image. Whether bytes are an image is decided by their magic number, so a
 truncated JPEG is a damaged image, never a "video".
@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ferpipe.errors import ImageError
+
 Channels = Literal["BGR", "RGB"]
 # A 100-megapixel photo decodes to 300 MB of BGR; bigger is almost surely a mistake or a bomb.
 MAX_PIXELS = 100_000_000
@@ -24,10 +26,6 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp"}
 _MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF87a": "GIF", b"GIF89a": "GIF",
           b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
-
-
-class ImageError(ValueError):
-    """A picture that can't be used; the message is one line naming it."""
 
 
 def image_format(data: bytes) -> str | None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from ferpipe.imageio import to_gray
 from ferpipe.modelio import load_keras
+from ferpipe.errors import ModelError
 
 IMAGE_PX = 48
 # Margin around a detected box, as a fraction of its side. Measured on 400 FER2013 faces
@@ -48,7 +49,7 @@ def crop_face(gray: np.ndarray, box: tuple[int, int, int, int], margin: float = 
     pad = [max(0, -y0), max(0, y0 + side - height), max(0, -x0), max(0, x0 + side - width)]
     crop = gray[max(0, y0):min(height, y0 + side), max(0, x0):min(width, x0 + side)]
     if crop.size == 0:
-        raise ValueError(f"box {list(box)} lies outside the {width}x{height} image")
+        raise ModelError(f"box {list(box)} lies outside the {width}x{height} image")
     if any(pad):
         crop = cv2.copyMakeBorder(crop, *pad, cv2.BORDER_REPLICATE)
     return cv2.resize(crop, (image_px, image_px), interpolation=cv2.INTER_AREA)
@@ -62,10 +63,10 @@ class Classifier:
 
         shape = tuple(model.input_shape[1:])
         if len(shape) != 3 or shape[0] != shape[1] or shape[2] != 1:
-            raise ValueError(f"{source}: model takes input {model.input_shape}, not square gray faces")
+            raise ModelError(f"{source}: model takes input {model.input_shape}, not square gray faces")
         outputs = int(model.output_shape[-1])
         if outputs != len(classes):
-            raise ValueError(f"{source}: model has {outputs} outputs but {len(classes)} class names "
+            raise ModelError(f"{source}: model has {outputs} outputs but {len(classes)} class names "
                              f"{classes}; fix the model card / params.yaml beside it")
         self.model, self.classes, self.source = model, list(classes), source
         self.image_px = int(shape[0])
@@ -80,7 +81,7 @@ class Classifier:
         if faces.ndim == 3:
             faces = faces[..., None]
         if faces.ndim != 4 or faces.shape[1:] != (self.image_px, self.image_px, 1):
-            raise ValueError(f"expected faces [N, {self.image_px}, {self.image_px}], got {list(faces.shape)}")
+            raise ModelError(f"expected faces [N, {self.image_px}, {self.image_px}], got {list(faces.shape)}")
         if len(faces) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
         return np.asarray(self._infer(faces.astype(np.float32)), dtype=np.float32)
@@ -130,7 +131,7 @@ def _load_registry(ref: str) -> Classifier:
     try:
         import mlflow
     except ImportError:
-        raise ValueError(f"{ref}: loading from the MLflow registry needs mlflow "
+        raise ModelError(f"{ref}: loading from the MLflow registry needs mlflow "
                          "(pip install 'ferpipe[serve]')") from None
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr stays for errors
@@ -139,7 +140,7 @@ def _load_registry(ref: str) -> Classifier:
     try:
         local = Path(mlflow.artifacts.download_artifacts(ref))
     except Exception as err:  # MlflowException for unknown names/aliases, OSError for storage
-        raise ValueError(f"{ref}: cannot fetch from the MLflow registry at {uri} "
+        raise ModelError(f"{ref}: cannot fetch from the MLflow registry at {uri} "
                          f"({str(err).splitlines()[0][:200]})") from err
     keras_files = sorted(local.rglob("*.keras"))
     classes_file = next(iter(sorted(local.rglob("classes.json"))), None)
@@ -152,11 +153,11 @@ def _load_registry(ref: str) -> Classifier:
         try:
             model = mlflow.keras.load_model(ref)
         except Exception as err:
-            raise ValueError(f"{ref}: not a Keras model ({str(err).splitlines()[0][:200]})") from err
+            raise ModelError(f"{ref}: not a Keras model ({str(err).splitlines()[0][:200]})") from err
         source = ref
     classes = json.loads(classes_file.read_text()) if classes_file else _params_classes([Path.cwd()])
     if not classes:
-        raise ValueError(f"{ref}: no class names (no classes.json in the model, no params.yaml "
+        raise ModelError(f"{ref}: no class names (no classes.json in the model, no params.yaml "
                          "with prepare.classes here)")
     return Classifier(model, classes, source)
 
@@ -173,8 +174,8 @@ def load_classifier(ref: str | None = None) -> Classifier:
         raise FileNotFoundError(f"{path}: no such model file (pass --model PATH.keras or "
                                 "--model models:/fer-emotion@champion)")
     if path.is_dir() or path.suffix not in (".keras", ".h5"):
-        raise ValueError(f"{path}: not a .keras model file")
+        raise ModelError(f"{path}: not a .keras model file")
     classes = _classes_near(path)
     if not classes:
-        raise ValueError(f"{path}: no class names: put a model_card.json with 'classes' beside it")
+        raise ModelError(f"{path}: no class names: put a model_card.json with 'classes' beside it")
     return Classifier(load_keras(path), classes, str(path))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ferpipe.files import atomic_path
+from ferpipe.errors import ModelError
 
 
 def save_model(model: Any, path: Path | str) -> None:
@@ -43,4 +44,4 @@ def load_keras(path: Path | str) -> Any:
         return keras.models.load_model(path, compile=False)
     except Exception as err:  # Keras raises many types for a bad file; the user needs one line
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path}: cannot load the model ({reason[:200]})") from err
+        raise ModelError(f"{path}: cannot load the model ({reason[:200]})") from err

@@ -16,6 +16,7 @@ import numpy as np
 from ferpipe.detect import MIN_FACE_PX, detect_faces, resolve
 from ferpipe.imageio import MAX_PIXELS, Channels, ImageError, load_image, to_gray
 from ferpipe.inference import Classifier, crop_face, load_classifier
+from ferpipe.errors import FerpipeError
 
 Box = tuple[int, int, int, int]
 # With no face found, a near-square picture is taken as a face crop (a photo that is already a
@@ -77,7 +78,7 @@ class EmotionRecognizer:
                  detect: bool = True, min_face: int = MIN_FACE_PX, whole_image: bool = True,
                  max_pixels: int = MAX_PIXELS) -> None:
         if min_face < 1:
-            raise ValueError(f"min_face must be 1 or more, got {min_face}")
+            raise FerpipeError(f"min_face must be 1 or more, got {min_face}")
         self.detector = resolve(detector) if detect else detector  # a missing one fails now
         self.detect, self.min_face, self.whole_image = detect, min_face, whole_image
         self.max_pixels = max_pixels
@@ -147,7 +148,7 @@ class EmotionRecognizer:
         import cv2
 
         if every < 1:
-            raise ValueError(f"every must be 1 or more, got {every}")
+            raise FerpipeError(f"every must be 1 or more, got {every}")
         capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
         if not capture.isOpened():
             raise ImageError(f"{path}: not a video OpenCV can read")

@@ -13,6 +13,7 @@ import sys
 import traceback
 
 from ferpipe import quiet  # noqa: F401  (start-up noise settings, before TensorFlow loads)
+from ferpipe.errors import FerpipeError
 
 # Command modules, in the order `ferpipe --help` lists them.
 COMMANDS = ["ferpipe.cli.predict", "ferpipe.cli.score", "ferpipe.cli.explain", "ferpipe.cli.demo",
@@ -60,18 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args.func(args)
     except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `ferpipe predict ... | head`: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
-    except Exception as err:  # noqa: BLE001 - a user error is one line; --debug shows the rest
+    except (FerpipeError, OSError) as err:  # a user's mistake: one line; --debug shows the rest
         if debug:
             traceback.print_exc()
         else:
             message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            hint = "" if isinstance(err, (FileNotFoundError, ValueError)) else " (run with --debug for details)"
-            print(f"error: {message}{hint}", file=sys.stderr)
+            print(f"error: {message}", file=sys.stderr)
         return 1
+    # Anything else is a bug: Python prints its traceback (exit 1), --debug or not.
     return int(code or 0)
 
 

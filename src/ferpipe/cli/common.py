@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 from ferpipe.detect import DETECTORS, MIN_FACE_PX
+from ferpipe.errors import FerpipeError
 
 
 def add_model_args(parser: argparse.ArgumentParser, detect_flag: str = "--no-detect") -> None:
@@ -28,7 +29,7 @@ def recognizer_from(args: argparse.Namespace) -> Any:
     from ferpipe.recognizer import EmotionRecognizer
 
     if args.min_face < 1:
-        raise ValueError(f"--min-face must be 1 or more, got {args.min_face}")
+        raise FerpipeError(f"--min-face must be 1 or more, got {args.min_face}")
     return EmotionRecognizer(args.model, args.detector, detect=not getattr(args, "no_detect", False),
                              min_face=args.min_face, whole_image=not args.no_whole_image)
 

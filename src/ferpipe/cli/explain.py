@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ferpipe.errors import FerpipeError
 from ferpipe.cli.common import add_model_args, recognizer_from, report
 
 EXAMPLE = """example:
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     for name in args.images:
         try:
             explained = recognizer.explain(Path(name))
-        except (OSError, ValueError) as err:
+        except (OSError, FerpipeError) as err:  # a bug elsewhere keeps its traceback
             report(err)
             failed += 1
             continue

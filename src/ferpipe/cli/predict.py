@@ -10,6 +10,7 @@ from typing import Any, Iterator
 
 from ferpipe.cli.common import add_model_args, recognizer_from, report
 from ferpipe.imageio import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from ferpipe.errors import FerpipeError
 
 EXAMPLE = """examples:
   ferpipe predict photo.jpg                 # {"file": ..., "face": 0, "box": [x, y, w, h], "emotion": ..., "probabilities": {...}, "found": "detected"}
@@ -65,7 +66,7 @@ class Annotations:
         for name in inputs:
             src = Path(name).resolve()
             if src.is_dir() and (self.out_dir == src or src in self.out_dir.parents):
-                raise ValueError(f"--annotate {out_dir}: inside the input folder {name}; "
+                raise FerpipeError(f"--annotate {out_dir}: inside the input folder {name}; "
                                  "choose a folder outside it")
         self.taken: set[Path] = set()
 
@@ -141,14 +142,14 @@ def run(args: argparse.Namespace) -> int:
     from ferpipe.imageio import image_format, is_video
 
     if args.every < 1:
-        raise ValueError(f"--every must be 1 or more, got {args.every}")
+        raise FerpipeError(f"--every must be 1 or more, got {args.every}")
     annotations = Annotations(args.annotate, args.paths) if args.annotate else None
     recognizer = recognizer_from(args)
     failed = 0
     for path, root in expand(args.paths):
         try:
             if path.is_dir():
-                raise ValueError(f"{path}: no image or video files in this folder")
+                raise FerpipeError(f"{path}: no image or video files in this folder")
             if not path.exists():
                 raise FileNotFoundError(f"{path}: no such file or folder")
             with path.open("rb") as handle:
@@ -158,10 +159,10 @@ def run(args: argparse.Namespace) -> int:
             elif path.suffix.lower() in VIDEO_SUFFIXES or is_video(path):
                 do_video(path, recognizer, args.every, annotations, root)
             elif len(head) == 0:
-                raise ValueError(f"{path}: empty file (0 bytes)")
+                raise FerpipeError(f"{path}: empty file (0 bytes)")
             else:
-                raise ValueError(f"{path}: not an image or a video OpenCV can read")
-        except (OSError, ValueError) as err:
+                raise FerpipeError(f"{path}: not an image or a video OpenCV can read")
+        except (OSError, FerpipeError) as err:  # a bug elsewhere keeps its traceback
             report(err)
             failed += 1
     return 1 if failed else 0

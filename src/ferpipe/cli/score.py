@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ferpipe.cli.common import add_model_args, recognizer_from
+from ferpipe.errors import FerpipeError
 
 
 EXAMPLE = """example:
@@ -48,7 +49,7 @@ def iter_faces(root: Path, recognizer: Any, split: str | None, detect: bool, ski
             continue
         try:
             gray = to_gray(recognizer.read(raw))
-        except ValueError as err:
+        except FerpipeError as err:
             unread.append(Skipped(name, "undecodable", str(err).split(": ", 1)[-1]))
             continue
         if detect:
@@ -119,7 +120,7 @@ def score_folder(root: str | Path, recognizer: Any, split: str | None = None,
                              if s.reason not in ("hidden", "not_image")]
     if not labels:
         found = sorted(skipped["other_class"])
-        raise ValueError(f"{root}: no labelled images of the model's classes {recognizer.classes}"
+        raise FerpipeError(f"{root}: no labelled images of the model's classes {recognizer.classes}"
                          f"{f' in split {split!r}' if split else ''} (expected <class>/<image> or "
                          f"<split>/<class>/<image>; other class folders found: {found})")
     y, pred = np.array(labels, dtype=np.int64), np.concatenate(preds)

@@ -11,6 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+from ferpipe.errors import FerpipeError
 
 MAX_REQUEST_MB = 20.0
 MAX_MEGAPIXELS = 25.0
@@ -94,7 +95,7 @@ class _TooLarge(Exception):
 
 def run(args: argparse.Namespace) -> int:
     if args.max_request_mb <= 0 or args.max_megapixels <= 0:
-        raise ValueError("--max-request-mb and --max-megapixels must be > 0")
+        raise FerpipeError("--max-request-mb and --max-megapixels must be > 0")
     os.environ["FERPIPE_MAX_PIXELS"] = str(int(args.max_megapixels * 1e6))  # read by the pyfunc
     import uvicorn
     from mlflow.pyfunc import load_model

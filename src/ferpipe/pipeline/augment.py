@@ -9,7 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from ferpipe.pipeline.config import Range
-from ferpipe.files import atomic_path, load_split, write_npz
+from ferpipe.files import atomic_paths, load_split, write_npz_in_place
 from ferpipe.pipeline.params import Fraction, Seed
 
 
@@ -58,7 +58,8 @@ def augment_split(x: np.ndarray, y: np.ndarray, cfg: AugmentConfig) -> tuple[np.
 
 
 def save_preview(x: np.ndarray, cfg: AugmentConfig, path: Path) -> None:
-    """Grid: each row an original, then four augmented versions of it."""
+    """Grid: each row an original, then four augmented versions of it, written to `path` as is
+    (`augment` passes a temporary, moved into place with the data)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -75,14 +76,17 @@ def save_preview(x: np.ndarray, cfg: AugmentConfig, path: Path) -> None:
         axes[r, 0].set_title("original" if r == 0 else "", fontsize=7)
     fig.suptitle("augment: original | 4 augmented", fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80, metadata={"Software": None})
-    plt.close(fig)
+    try:
+        fig.savefig(path, format="png", dpi=80, metadata={"Software": None})
+    finally:
+        plt.close(fig)
 
 
 def augment(cfg: AugmentConfig, prepared_dir: Path, out_dir: Path, preview_path: Path) -> dict:
     x, y, classes = load_split(prepared_dir, "train")
     x_aug, y_aug = augment_split(x, y, cfg)
-    write_npz(out_dir / "train.npz", x=x_aug, y=y_aug, classes=np.array(classes))
-    save_preview(x, cfg, preview_path)
+    # Both or neither: a preview beside data from another run would show what was not trained on.
+    with atomic_paths(out_dir / "train.npz", preview_path) as (data_tmp, preview_tmp):
+        write_npz_in_place(data_tmp, {"x": x_aug, "y": y_aug, "classes": np.array(classes)})
+        save_preview(x, cfg, preview_tmp)
     return {"train_images_in": int(len(x)), "train_images_out": int(len(x_aug))}

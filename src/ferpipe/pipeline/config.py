@@ -16,11 +16,18 @@ from typing import Any, TypeVar
 
 import yaml
 
+from ferpipe.errors import FerpipeError
+
 T = TypeVar("T")
 PARAMS_FILE = Path("params.yaml")
 
 
-class ConfigError(ValueError):
+class PipelineError(FerpipeError):
+    """A user-facing problem a stage reports as one line (`run_main`); other ValueErrors are bugs
+    and keep their traceback. The message names the file, key or value and what to do."""
+
+
+class ConfigError(PipelineError):
     """A params value or key is wrong; the message names the key and the file."""
 
 
@@ -188,10 +195,39 @@ def load_entry(section: str, key: str, cls: type[T], path: Path | str = PARAMS_F
     return from_dict(cls, entries[key], f"{path}:{section}.{key}")
 
 
+def _one_line_errors() -> tuple[type[BaseException], ...]:
+    """The error types run_main prints as one line: the project's own, and OSError.
+
+    """
+    return (FerpipeError, OSError)  # PipelineError, ImageError and ModelError are FerpipeErrors
+
+
+def _os_message(err: OSError) -> str:
+    """`<path>: <strerror>` (both paths for a rename or copy); str(err) when it names no path."""
+    if err.filename is None or not err.strerror:
+        return _flat(err)
+    paths = f"{err.filename}" + (f" -> {err.filename2}" if err.filename2 is not None else "")
+    return f"{paths}: {err.strerror}"
+
+
+def _flat(err: BaseException) -> str:
+    """The message on one line (a traceback-free report must not span lines)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def run_main(main: typing.Callable[[], None]) -> None:
-    """Run a stage's main(); turn expected errors into one line on stderr and exit 1."""
+    """Run a stage's main(); print the project's errors and OS errors (disk full, read-only,
+    missing file) as one line on stderr and exit 1, an interrupt as one line and exit 130.
+
+    Any other exception (a ValueError from Keras, say) is a bug: it keeps its traceback."""
     try:
         main()
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:
+        if not isinstance(err, _one_line_errors()):
+            raise
+        text = _os_message(err) if isinstance(err, OSError) else _flat(err)
+        print(f"error: {text}", file=sys.stderr)
         sys.exit(1)

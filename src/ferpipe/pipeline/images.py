@@ -3,16 +3,22 @@ checked against size limits before it is read and decoded to gray pixels; and th
 hash that versions a folder source. Every failure is a one-line DataError naming file and entry."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from ferpipe.pipeline.config import PipelineError
+from ferpipe.pipeline.pixels import png_shortfall, to_gray
+from ferpipe.pipeline.unzip import expanded
 
 # Folder names accepted for each split: the study's layout says "validation", others "valid".
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -25,7 +31,7 @@ ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipf
 MB, MP = 1_000_000, 1_000_000
 
 
-class DataError(ValueError):
+class DataError(PipelineError):
     """The input data can't be used as it is; the message is one line naming file and entry."""
 
 
@@ -98,19 +104,42 @@ def _place(source: Path, names: list[str], skipped: list[Skipped]) -> dict[str, 
     return placed
 
 
-def _read_zip_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+def _read_zip_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: ReadLimits) -> bytes:
+    """The entry's bytes, counted as they are decompressed here: a header's file_size may lie (a
+    zip bomb), so reading stops once they pass limits.entry_bytes, holding at most that much.
+    An entry whose bytes differ from its declared size is refused as damaged, so the declared
+    sizes checked against limits.total_bytes are the real ones."""
     if info.flag_bits & 0x1:
         raise EntryError("encrypted (password-protected)", "unreadable")
     if info.compress_type not in ZIP_METHODS:
         method = zipfile.compressor_names.get(info.compress_type, "unknown")
         raise EntryError(f"compression method {info.compress_type} ({method}) is not supported; "
                          "re-zip with Deflate", "unreadable")
+    raw = copy.copy(info)  # opened as stored: zipfile hands over the compressed bytes as they are
+    raw.compress_type, raw.file_size = zipfile.ZIP_STORED, info.compress_size
+    if hasattr(raw, "CRC"):
+        del raw.CRC  # the CRC is of the expanded bytes, checked below
+    chunks, size, crc = [], 0, 0
     try:
-        with archive.open(info) as handle:
-            return handle.read()
+        with archive.open(raw) as handle:
+            for chunk in expanded(handle, info.compress_type):
+                size += len(chunk)
+                if size > limits.entry_bytes:
+                    raise EntryError(f"expands past {limits.entry_bytes / MB:g} MB, over prepare."
+                                     f"max_entry_megabytes={limits.entry_bytes / MB:g} (its header "
+                                     f"says {info.file_size / MB:.3g} MB)", "too_large")
+                crc = zlib.crc32(chunk, crc)
+                chunks.append(chunk)
+        if crc != info.CRC:
+            raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
+        if size != info.file_size:
+            raise zipfile.BadZipFile(f"{size} bytes, not the {info.file_size} its header says")
+    except EntryError:
+        raise
     except Exception as err:  # noqa: BLE001 - damaged archives fail in many ways (CRC, zlib, EOF)
         raise EntryError(f"cannot read it, the archive is damaged ({type(err).__name__}: "
                          f"{one_line(err)})", "unreadable") from None
+    return b"".join(chunks)
 
 
 def _read_file(path: Path) -> bytes:
@@ -118,6 +147,25 @@ def _read_file(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as err:
         raise EntryError(f"cannot read it ({type(err).__name__}: {one_line(err)})", "unreadable") from None
+
+
+def _folder_files(source: Path) -> dict[str, Path]:
+    """Every file under `source` by its relative POSIX name; DataError for a symlink (to a file
+    or a folder) that resolves outside it, as zip-slip is refused for archives: a source must
+    not read or hash whatever a link points to. Links to folders inside are not followed."""
+    root, files = source.resolve(), {}
+    for path in sorted(source.rglob("*")):
+        name = path.relative_to(source).as_posix()
+        try:
+            target = path.resolve() if path.is_symlink() else root
+        except (OSError, RuntimeError):  # a link loop
+            raise DataError(f"{source}: refusing symlink {name!r} that loops; remove it") from None
+        if not target.is_relative_to(root):
+            raise DataError(f"{source}: refusing symlink {name!r} that leads outside the source "
+                            f"folder (to {target}); copy the file in or remove the link")
+        if path.is_file():
+            files[name] = path
+    return files
 
 
 def _open_zip(source: Path) -> zipfile.ZipFile:
@@ -141,7 +189,7 @@ def iter_images(source: Path, *, limits: ReadLimits | None = None, skip_corrupt:
     source, limits = Path(source), limits or ReadLimits()
     skipped = [] if skipped is None else skipped
     if source.is_dir():
-        files = {p.relative_to(source).as_posix(): p for p in source.rglob("*") if p.is_file()}
+        files = _folder_files(source)
         sizes = {name: path.stat().st_size for name, path in files.items()}
         yield from _iter_entries(source, sizes, lambda name: _read_file(files[name]), "file",
                                  limits, skip_corrupt, skipped)
@@ -156,7 +204,7 @@ def iter_images(source: Path, *, limits: ReadLimits | None = None, skip_corrupt:
                     raise DataError(f"{source}: two entries named {info.filename!r}; re-zip it")
                 infos[info.filename] = info
             sizes = {name: info.file_size for name, info in infos.items()}
-            yield from _iter_entries(source, sizes, lambda name: _read_zip_entry(archive, infos[name]),
+            yield from _iter_entries(source, sizes, lambda name: _read_zip_entry(archive, infos[name], limits),
                                      "entry", limits, skip_corrupt, skipped)
     elif source.exists():
         raise DataError(f"{source}: not a zip archive or a folder")
@@ -187,18 +235,13 @@ def _iter_entries(source: Path, sizes: dict[str, int], read: Callable[[str], byt
         yield name, split, cls, raw
 
 
-def _to_gray(image: Image.Image) -> Image.Image:
-    if image.mode.startswith("I;16"):  # convert("L") would clip 16-bit values at 255
-        wide = np.asarray(image).astype(np.float64)
-        return Image.fromarray(np.round(wide / 257.0).astype(np.uint8))
-    return image.convert("L")
-
-
 def decode(raw: bytes, image_px: int, *, max_pixels: int = ReadLimits.image_pixels) -> np.ndarray:
     """Any image -> 8-bit grayscale image_px x image_px array (see PrepareConfig for how).
 
     Raises EntryError (a ValueError; reason too_large or undecodable), never anything else;
-    the image size in the header is checked against max_pixels before decoding."""
+    the image size in the header is checked against max_pixels before decoding. A truncated
+    image is refused, not padded with black (PIL's LOAD_TRUNCATED_IMAGES is off meanwhile)."""
+    lenient, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
         with warnings.catch_warnings():
             # Pixels or an error, nothing else: PIL's warnings about damaged files (and its
@@ -209,7 +252,8 @@ def decode(raw: bytes, image_px: int, *, max_pixels: int = ReadLimits.image_pixe
                 if width * height > max_pixels:
                     raise EntryError(f"image is {width}x{height} pixels, over prepare."
                                      f"max_image_megapixels={max_pixels / MP:g}", "too_large")
-                gray = _to_gray(image)
+                _load_whole(image, raw)
+                gray = to_gray(image)
             if gray.size != (image_px, image_px):
                 side = min(gray.size)
                 left, top = (gray.width - side) // 2, (gray.height - side) // 2
@@ -228,6 +272,21 @@ def decode(raw: bytes, image_px: int, *, max_pixels: int = ReadLimits.image_pixe
     except Exception as err:  # noqa: BLE001 - untrusted bytes: PIL's decoders fail in many ways
         raise EntryError(f"cannot decode image ({type(err).__name__}: {one_line(err)})",
                          "undecodable") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
+
+
+def _load_whole(image: Image.Image, raw: bytes) -> None:
+    """Decode all pixels now; EntryError "damaged image: truncated" if the data ends early
+    (PIL raises for most formats; a PNG whose zlib stream ends cleanly it pads with black)."""
+    try:
+        image.load()
+    except OSError as err:
+        if "truncated" not in str(err):
+            raise
+        raise EntryError(f"damaged image: truncated ({one_line(err)})", "undecodable") from None
+    if image.format == "PNG" and (short := png_shortfall(raw)):
+        raise EntryError(f"damaged image: truncated ({short})", "undecodable")
 
 
 def content_hash(folder: Path | str) -> str:
@@ -235,8 +294,7 @@ def content_hash(folder: Path | str) -> str:
 
     The data version of a folder source (DVC's md5 covers only tracked paths)."""
     folder, digest = Path(folder), hashlib.md5()
-    files = sorted((p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file())
-    for rel, path in files:
+    for rel, path in sorted(_folder_files(folder).items()):
         # Name and length delimit each file, so moving bytes between files changes the hash.
         digest.update(f"{rel}\0{path.stat().st_size}\0".encode())
         with path.open("rb") as handle:

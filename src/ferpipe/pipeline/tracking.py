@@ -26,6 +26,8 @@ import requests
 import yaml
 from mlflow.exceptions import MlflowException
 
+from ferpipe.files import remove_stale_temporaries
+from ferpipe.pipeline.config import PipelineError
 from ferpipe.pipeline.orphans import PROCESS_TAG, close_orphaned_runs, process_key
 
 DEFAULT_EXPERIMENT = "fer-pipeline"
@@ -36,8 +38,8 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
 CONNECT_TIMEOUT_S = 5.0
 
 
-class TrackingError(ValueError):
-    """The tracking store can't be used; one line naming the URI or file (a ValueError, so
+class TrackingError(PipelineError):
+    """The tracking store can't be used; one line naming the URI or file (a PipelineError, so
     `run_main` prints it as one line and exits 1)."""
 
 
@@ -134,6 +136,26 @@ def pipeline_outputs(dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
                for e in (part.get(key) or [])]
     paths = ["dvc.lock", *(e if isinstance(e, str) else next(iter(e)) for e in entries)]
     return list(dict.fromkeys(re.sub(r"\$\{[^}]*\}", "*", p.rstrip("/")) for p in paths))
+
+
+def stage_outputs(stage: str, key: str | None = None, dvc_yaml: str | Path = "dvc.yaml") -> list[Path]:
+    """The outs, metrics and plots dvc.yaml declares for `stage` (`${key}` of a foreach stage
+    filled with `key`; other interpolations, or no key, match by glob), bar `persist: true` ones:
+    those outlive a run and may be in use by another process (tune's workers)."""
+    try:
+        part = (yaml.safe_load(Path(dvc_yaml).read_text()) or {})["stages"][stage]
+        part = part.get("do", part)
+    except (OSError, yaml.YAMLError, LookupError, TypeError, AttributeError):
+        return []  # no dvc.yaml here (a test, a copy of one stage), or no such stage
+    found: list[Path] = []
+    for entry in (e for k in ("outs", "metrics", "plots") for e in (part.get(k) or [])):
+        path, opts = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
+        if isinstance(opts, dict) and opts.get("persist"):
+            continue
+        path = path.rstrip("/").replace("${key}", key) if key else path.rstrip("/")
+        pattern = re.sub(r"\$\{[^}]*\}", "*", path)
+        found += sorted(Path().glob(pattern)) if "*" in pattern else [Path(pattern)]
+    return found
 
 
 def git_state() -> tuple[str, bool]:
@@ -252,7 +274,11 @@ def stage_run(stage: str, params: dict[str, Any], data_path: str | Path,
     server goes away, `try_log` calls are skipped: a stage that completes keeps its outputs and
     exits 0 with a warning naming what was not logged; one that needed the server (a direct
     MLflow call failed) stops with a TrackingError. Either way its run stays RUNNING there.
+    First it removes the temporaries killed atomic writes left among the stage's outputs.
     """
+    if not nested:  # a kill -9 during an earlier run's atomic write left its temporaries behind
+        for out in stage_outputs(stage, run_name):
+            remove_stale_temporaries(out)
     uri = use_tracking()
     commit, dirty = git_state()
     all_tags = {

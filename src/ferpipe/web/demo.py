@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ferpipe.errors import FerpipeError
+
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DISPLAY_MAX_SIDE = 1024
 COLOURS = [(60, 180, 75), (230, 50, 50), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
@@ -106,7 +108,7 @@ def create_app(recognizer: Any) -> Any:
             return None, f"{photo.filename}: over {MAX_UPLOAD_BYTES // 2**20} MB"
         try:
             return recognizer.read(data), ""
-        except ValueError as err:
+        except FerpipeError as err:
             return None, f"{photo.filename}: {str(err).split(': ', 1)[-1]}"
 
     def analyze(image: np.ndarray) -> list[dict]:

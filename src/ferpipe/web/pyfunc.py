@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ferpipe.errors import FerpipeError
+
 
 import mlflow  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
@@ -87,7 +89,7 @@ def _decode_image(value: Any, row: int) -> np.ndarray:
                         "send a JPEG, PNG, BMP, GIF, TIFF or WebP file, base64-encoded")
     try:
         return load_image(raw, max_pixels=MAX_PIXELS)
-    except ValueError as err:  # over the pixel limit, a broken header, a damaged image
+    except FerpipeError as err:  # over the pixel limit, a broken header, a damaged image
         raise bad_input(f"row {row}: 'image': {str(err).split(': ', 1)[-1]}") from None
 
 
