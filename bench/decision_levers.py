@@ -25,7 +25,7 @@ import numpy as np
 from sklearn.metrics import f1_score, recall_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from ferpipe.files import load_split  # noqa: E402
+from ferpipe.files import load_split
 
 SAD = 2  # index of "sad" in the default class list, for the recall column
 
@@ -85,10 +85,10 @@ def main() -> None:
     probs = {}
     for split, (x, y) in data.items():
         # Sums over views: `scores` normalises them to means.
-        def views(offsets):
+        def views(offsets, x=x):
             return sum(predict_probs(model, shifted(x, dy, dx), 256) for dy, dx in offsets)
 
-        def mirrored(offsets):
+        def mirrored(offsets, x=x):
             return sum(predict_probs(model, shifted(x, dy, dx)[:, :, ::-1], 256) for dy, dx in offsets)
 
         probs[split] = plain = views([(0, 0)])

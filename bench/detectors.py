@@ -22,7 +22,7 @@ import numpy as np
 import skimage.data as sd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from ferpipe.detect import detect_faces, has_mtcnn, has_yunet  # noqa: E402
+from ferpipe.detect import detect_faces, has_mtcnn, has_yunet
 
 HOPPER = Path(cv2.__file__).parents[1] / "matplotlib" / "mpl-data" / "sample_data" / "grace_hopper.jpg"
 LFW = Path(sd.__file__).parent / "lfw_subset.npy"

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from ferpipe.pipeline.config import from_dict, load_section  # noqa: E402
-from ferpipe.pipeline.params import FinetuneConfig, SourceMix, TrainConfig  # noqa: E402
+from ferpipe.pipeline.config import from_dict, load_section
+from ferpipe.pipeline.params import FinetuneConfig, SourceMix, TrainConfig
 
 PREPARED = Path("data/prepared")
 VARIANTS = {
@@ -26,6 +26,8 @@ VARIANTS = {
     "cap800_zoom": {"mix": {"fer2013": {}, "real": {"per_class_cap": 800}}, "random_zoom": 0.15},
     "cap800_x2": {"mix": {"fer2013": {}, "real": {"per_class_cap": 800, "repeat": 2}}},
     "all_zoom": {"mix": {"fer2013": {}, "real": {}}, "random_zoom": 0.15},
+    "all_x2": {"mix": {"fer2013": {}, "real": {"repeat": 2}}},
+    "all_5ep": {"mix": {"fer2013": {}, "real": {}}, "epochs": 5},
     "cap800_zoom_5ep": {"mix": {"fer2013": {}, "real": {"per_class_cap": 800}}, "random_zoom": 0.15,
                         "epochs": 5},
 }

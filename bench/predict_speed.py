@@ -13,15 +13,15 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
 import skimage.data as sd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from ferpipe.cli import use_one_interop_thread  # noqa: E402
+from ferpipe.cli import use_one_interop_thread
 
 use_one_interop_thread()  # as `ferpipe predict` runs; before TensorFlow starts
 from ferpipe.detect import detect_faces, has_mtcnn, has_yunet  # noqa: E402

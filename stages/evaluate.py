@@ -20,8 +20,16 @@ def main() -> None:
     import mlflow
 
     from ferpipe.files import load_split
-    from ferpipe.pipeline.evaluate import (SELECTION, choose_champion, evaluate_model, flat_row,
-                                           gradcam_grid, load_candidate, text_report, write_reports)
+    from ferpipe.pipeline.evaluate import (
+        SELECTION,
+        choose_champion,
+        evaluate_model,
+        flat_row,
+        gradcam_grid,
+        load_candidate,
+        text_report,
+        write_reports,
+    )
     from ferpipe.pipeline.registry import register_champion
     from ferpipe.pipeline.tracking import data_version, stage_run
     from ferpipe.web.pyfunc import log_pyfunc

@@ -28,10 +28,26 @@ def main() -> None:
     from ferpipe.files import write_json
     from ferpipe.pipeline.models import build_cnn
     from ferpipe.pipeline.tracking import data_version, stage_run, use_tracking
-    from ferpipe.pipeline.train import (AUGMENTED_DIR, PREPARED_DIR, Phase, fit, load_train_data, output_paths,
-                               set_determinism, write_outputs)
-    from ferpipe.pipeline.tune import (close_stale_trials, find_parent_run, is_worker, make_tuner,
-                              recipe, retrain_winner, search_id, summarize)
+    from ferpipe.pipeline.train import (
+        AUGMENTED_DIR,
+        PREPARED_DIR,
+        Phase,
+        fit,
+        load_train_data,
+        output_paths,
+        set_determinism,
+        write_outputs,
+    )
+    from ferpipe.pipeline.tune import (
+        close_stale_trials,
+        find_parent_run,
+        is_worker,
+        make_tuner,
+        recipe,
+        retrain_winner,
+        search_id,
+        summarize,
+    )
 
     set_determinism(train_cfg.seed, train_cfg.mixed_precision)
     project = search_id(cfg, train_cfg, base, data_version(AUGMENTED_DIR))

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 import ferpipe.pipeline.data as data
-from ferpipe.pipeline.data import PrepareConfig, content_hash, decode, iter_images, prepare
 from ferpipe.files import load_split
+from ferpipe.pipeline.data import PrepareConfig, content_hash, decode, iter_images, prepare
 from ferpipe.pipeline.tiny import make_archive, synthetic_image
 
 CLASSES = ["happy", "neutral", "sad", "surprise"]

@@ -58,7 +58,7 @@ def test_a_small_crop_without_a_detected_face_hints_at_no_detect(cli, tmp_path):
     assert rc == 0 and row["faces"] == 0 and "--no-detect" in row["hint"]
 
 
-def test_score_sends_faces_in_batches(cli, tmp_path, monkeypatch, classifier):  # noqa: F811
+def test_score_sends_faces_in_batches(cli, tmp_path, monkeypatch, classifier):
     import ferpipe.cli.score as score
 
     samples = np.load(score.Path(__file__).resolve().parents[1] / "models/release/samples.npz")

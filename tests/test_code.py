@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from ferpipe.files import atomic_path, write_npz
 from ferpipe.pipeline.config import ConfigError, load_entry, load_section
 from ferpipe.pipeline.data import PrepareConfig
-from ferpipe.files import atomic_path, write_npz
 from ferpipe.pipeline.params import CNNSpec
 from ferpipe.pipeline.tiny import TINY_PARAMS, merge
 
@@ -36,6 +36,7 @@ def test_real_params_file_is_valid():
                          ("release", ReleaseConfig)]:
         load_section(section, cls, params)
     import yaml
+
     from ferpipe.pipeline.models import TransferSpec
     raw = yaml.safe_load(params.read_text())
     for name in raw["baselines"]:

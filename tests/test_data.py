@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from ferpipe.files import load_split
 from ferpipe.pipeline.augment import AugmentConfig, augment, augment_split
 from ferpipe.pipeline.data import PrepareConfig, prepare
-from ferpipe.files import load_split
 from ferpipe.pipeline.tiny import make_archive, synthetic_image
 
 CLASSES = ["happy", "neutral", "sad", "surprise"]

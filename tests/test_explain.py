@@ -87,8 +87,8 @@ def face_png(tmp_path_factory) -> Path:
 
 
 def test_explain_command_writes_an_overlay_per_face_and_names_bad_files(face_png, tmp_path, capsys):
-    from skimage import data
     from PIL import Image
+    from skimage import data
 
     out = tmp_path / "out"
     missing, text = tmp_path / "missing.png", tmp_path / "notes.png"

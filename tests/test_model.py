@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+
 # TensorFlow loads inside the tests, not at collection: the fast tier collects without it.
 from ferpipe.pipeline.params import BACKBONE_NAMES, CNNSpec, TrainConfig, TransferSpec
 from ferpipe.pipeline.tiny import synthetic_image
@@ -55,8 +56,8 @@ def test_cnn_output_is_a_distribution_per_image(name):
 
 @pytest.mark.parametrize("name", CNN_SPECS)
 def test_cnn_loss_falls_on_a_learnable_toy_task(name):
-    from ferpipe.pipeline.train import Phase, fit, set_determinism
     from ferpipe.pipeline.models import build_cnn
+    from ferpipe.pipeline.train import Phase, fit, set_determinism
     set_determinism(0)
     data = toy_data()
     cfg = TrainConfig(batch_size=16, early_stopping_patience=10)
@@ -68,8 +69,8 @@ def test_cnn_loss_falls_on_a_learnable_toy_task(name):
 
 
 def test_training_is_reproducible():
-    from ferpipe.pipeline.train import Phase, fit, set_determinism
     from ferpipe.pipeline.models import build_cnn
+    from ferpipe.pipeline.train import Phase, fit, set_determinism
     runs = []
     for _ in range(2):
         set_determinism(7)
@@ -81,6 +82,7 @@ def test_training_is_reproducible():
 
 def test_save_then_load_gives_equal_predictions_and_stable_bytes(tmp_path):
     import keras
+
     from ferpipe.pipeline.models import build_cnn
     from ferpipe.pipeline.train import save_model
     model = build_cnn(CNN_SPECS["vgg"], 4)
@@ -96,6 +98,7 @@ def test_save_then_load_gives_equal_predictions_and_stable_bytes(tmp_path):
 @pytest.mark.parametrize("backbone, alpha, filename", REAL_BACKBONES)
 def test_transfer_with_real_imagenet_weights(tmp_path, backbone, alpha, filename):
     import keras
+
     from ferpipe.pipeline.models import build_transfer, unfreeze_top
     from ferpipe.pipeline.train import save_model
     spec = TransferSpec(backbone=backbone, alpha=alpha, weights=str(weights_file(filename)), input_px=32,
@@ -118,8 +121,8 @@ def test_transfer_with_real_imagenet_weights(tmp_path, backbone, alpha, filename
 
 
 def test_transfer_fine_tunes_on_a_toy_task():
-    from ferpipe.pipeline.train import Phase, fit, set_determinism
     from ferpipe.pipeline.models import build_transfer, unfreeze_top
+    from ferpipe.pipeline.train import Phase, fit, set_determinism
     set_determinism(0)
     spec = TransferSpec(backbone="mobilenet_v2", alpha=0.35, input_px=32, dense_units=16,
                         weights=str(weights_file(REAL_BACKBONES[1][2])))
@@ -133,8 +136,9 @@ def test_transfer_fine_tunes_on_a_toy_task():
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONE_NAMES))  # == BACKBONES' keys (test_params)
 def test_in_model_preprocessing_equals_the_backbones_own(backbone):
-    from ferpipe.pipeline.models import BACKBONES, preprocessing_layers
     import importlib
+
+    from ferpipe.pipeline.models import BACKBONES, preprocessing_layers
     modules = {"mobilenet": "mobilenet", "mobilenet_v2": "mobilenet_v2", "vgg16": "vgg16",
                "resnet50_v2": "resnet_v2", "efficientnet_b0": "efficientnet"}
     own = importlib.import_module(f"keras.applications.{modules[backbone]}").preprocess_input
@@ -153,9 +157,9 @@ def test_missing_weights_file_says_where_to_put_it():
 
 
 def test_tuner_builds_the_baselines_architecture_with_each_recipe():
-    from ferpipe.pipeline.models import build_cnn
     import keras_tuner as kt
 
+    from ferpipe.pipeline.models import build_cnn
     from ferpipe.pipeline.tune import CNNHyperModel, TuneConfig
     base = CNN_SPECS["vgg"]
     hypermodel = CNNHyperModel(TuneConfig(), TrainConfig(), base, num_classes=4)
@@ -173,10 +177,10 @@ def test_tuner_builds_the_baselines_architecture_with_each_recipe():
 def test_tuner_trials_train_with_the_baselines_whole_recipe(monkeypatch):
     """A trial differs from the baseline only in what the search sets: mixup (not searched)
     must come along, or the search would rank recipes the baseline never trains with."""
-    from ferpipe.pipeline.train import Phase
     import keras_tuner as kt
 
     import ferpipe.pipeline.tune
+    from ferpipe.pipeline.train import Phase
     from ferpipe.pipeline.tune import CNNHyperModel, TuneConfig
     phases = []
     monkeypatch.setattr(ferpipe.pipeline.tune, "fit", lambda model, data, cfg, ph, **kw: phases.extend(ph)
@@ -195,8 +199,9 @@ def test_selection_follows_val_accuracy_with_ema_shifts_and_mixup_byte_for_byte(
     """The recipe the champion trains with: the kept weights are the best epoch by validation
     accuracy (EMA weights), and two runs save the very same bytes."""
     import keras
-    from ferpipe.pipeline.train import Phase, fit, save_model, set_determinism
+
     from ferpipe.pipeline.models import build_cnn
+    from ferpipe.pipeline.train import Phase, fit, save_model, set_determinism
     cfg = TrainConfig(batch_size=16, ema_momentum=0.9, label_smoothing=0.1,
                       early_stopping_patience=2)
     files, results = [], []
@@ -217,9 +222,9 @@ def test_selection_follows_val_accuracy_with_ema_shifts_and_mixup_byte_for_byte(
 
 def test_flip_tta_is_the_mean_over_the_mirror_and_loads_with_plain_keras(tmp_path):
     import keras
-    from ferpipe.pipeline.models import build_cnn
+
+    from ferpipe.pipeline.models import build_cnn, with_flip_tta
     from ferpipe.pipeline.train import save_model
-    from ferpipe.pipeline.models import with_flip_tta
 
     model = build_cnn(CNN_SPECS["vgg"], 4)
     x = toy_data().x_val[:6].astype("float32")
@@ -233,8 +238,9 @@ def test_mixed_precision_trains_with_shifts_and_mixup():
     """train.mixed_precision with the champion's recipe: the data layers stay float32 (MixUp
     under the bf16 policy used to fail on mixing float32 weights with bf16 images)."""
     import keras
-    from ferpipe.pipeline.train import Phase, fit, set_determinism
+
     from ferpipe.pipeline.models import build_cnn
+    from ferpipe.pipeline.train import Phase, fit, set_determinism
     cfg = TrainConfig(batch_size=16, early_stopping_patience=10, mixed_precision=True)
     try:
         set_determinism(0, mixed_precision=True)

@@ -11,8 +11,15 @@ from conftest import ROOT
 from ferpipe.pipeline.augment import AugmentConfig
 from ferpipe.pipeline.config import ConfigError, load_entry, load_section
 from ferpipe.pipeline.data import PrepareConfig
-from ferpipe.pipeline.params import (CNNSpec, EvaluateConfig, ReleaseConfig, TrainConfig, TransferSpec,
-                            TuneConfig, weights_file_facts)
+from ferpipe.pipeline.params import (
+    CNNSpec,
+    EvaluateConfig,
+    ReleaseConfig,
+    TrainConfig,
+    TransferSpec,
+    TuneConfig,
+    weights_file_facts,
+)
 from ferpipe.quiet import drop_below
 
 V2_050 = "data/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5"

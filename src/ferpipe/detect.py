@@ -17,8 +17,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ferpipe.imageio import to_gray
 from ferpipe.errors import FerpipeError
+from ferpipe.imageio import to_gray
 
 Box = tuple[int, int, int, int]
 DETECTORS = ("auto", "yunet", "haar", "mtcnn")

@@ -14,9 +14,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ferpipe.errors import ModelError
 from ferpipe.imageio import to_gray
 from ferpipe.modelio import load_keras
-from ferpipe.errors import ModelError
 
 IMAGE_PX = 48
 # Margin around a detected box, as a fraction of its side. Measured on 400 FER2013 faces

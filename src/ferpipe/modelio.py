@@ -7,8 +7,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from ferpipe.files import atomic_path
 from ferpipe.errors import ModelError
+from ferpipe.files import atomic_path
 
 
 def save_model(model: Any, path: Path | str) -> None:

@@ -172,7 +172,7 @@ def stop_filter(timeout: float = 5.0) -> None:
     os.close(real)
     try:  # returns at once unless a child process still holds the pipe
         process.wait(timeout=timeout)
-    except Exception:  # noqa: BLE001 (a timeout: the forwarder goes on by itself)
+    except Exception:
         pass
 
 

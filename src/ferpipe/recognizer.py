@@ -7,16 +7,17 @@ One path for every use: decode (ferpipe.imageio), detect (ferpipe.detect), crop
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
 from ferpipe.detect import MIN_FACE_PX, detect_faces, resolve
+from ferpipe.errors import FerpipeError
 from ferpipe.imageio import MAX_PIXELS, Channels, ImageError, load_image, to_gray
 from ferpipe.inference import Classifier, crop_face, load_classifier
-from ferpipe.errors import FerpipeError
 
 Box = tuple[int, int, int, int]
 # With no face found, a near-square picture is taken as a face crop (a photo that is already a
@@ -86,7 +87,7 @@ class EmotionRecognizer:
 
     @classmethod
     def from_classifier(cls, classifier: Classifier, detector: str = "auto",
-                        **options: Any) -> "EmotionRecognizer":
+                        **options: Any) -> EmotionRecognizer:
         """A recognizer over a model already loaded (the pyfunc's, a test's)."""
         self = cls.__new__(cls)
         self.detector = resolve(detector)

@@ -5,8 +5,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ferpipe.errors import FerpipeError
 from ferpipe.cli.common import add_model_args, recognizer_from, report
+from ferpipe.errors import FerpipeError
 
 EXAMPLE = """example:
   ferpipe explain photo.jpg --out gradcam/           # every detected face

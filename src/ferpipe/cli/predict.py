@@ -5,12 +5,13 @@ import argparse
 import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ferpipe.cli.common import add_model_args, recognizer_from, report
-from ferpipe.imageio import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from ferpipe.errors import FerpipeError
+from ferpipe.imageio import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 EXAMPLE = """examples:
   ferpipe predict photo.jpg                 # {"file": ..., "face": 0, "box": [x, y, w, h], "emotion": ..., "probabilities": {...}, "found": "detected"}

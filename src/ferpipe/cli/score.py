@@ -11,14 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from ferpipe.cli.common import add_model_args, recognizer_from
 from ferpipe.errors import FerpipeError
-
 
 EXAMPLE = """example:
   ferpipe score my_faces/              # my_faces/happy/*.jpg, my_faces/sad/*.jpg, ...

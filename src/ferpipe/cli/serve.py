@@ -11,6 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
 from ferpipe.errors import FerpipeError
 
 MAX_REQUEST_MB = 20.0

@@ -8,8 +8,8 @@ from typing import Annotated
 import numpy as np
 from scipy import ndimage
 
-from ferpipe.pipeline.config import Range
 from ferpipe.files import atomic_paths, load_split, write_npz_in_place
+from ferpipe.pipeline.config import Range
 from ferpipe.pipeline.params import Fraction, Seed
 
 

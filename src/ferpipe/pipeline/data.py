@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import hashlib
-import tempfile
 import math
 import re
+import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -12,10 +12,24 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from ferpipe.files import atomic_path, write_json, write_npz
+
 # Re-exported: the readers moved to ferpipe.pipeline.images, and callers still import them from here.
-from ferpipe.pipeline.images import (ENTRY_REASONS, IMAGE_SUFFIXES, LAYOUTS, MB, MP, SPLIT_ALIASES,  # noqa: F401
-                            DataError, EntryError, ReadLimits, Skipped, content_hash, decode,
-                            iter_images, one_line)
+from ferpipe.pipeline.images import (  # noqa: F401
+    ENTRY_REASONS,
+    IMAGE_SUFFIXES,
+    LAYOUTS,
+    MB,
+    MP,
+    SPLIT_ALIASES,
+    DataError,
+    EntryError,
+    ReadLimits,
+    Skipped,
+    content_hash,
+    decode,
+    iter_images,
+    one_line,
+)
 
 SPLITS = ("train", "val", "test")
 DROP_REASONS = (*ENTRY_REASONS, "near_blank", "conflicting_label_duplicates", "duplicate_copies")
@@ -206,7 +220,7 @@ def group_of(name: str, pattern: str, source: str) -> str:
     match = re.fullmatch(pattern, PurePosixPath(name).stem)
     if match is None:
         raise DataError(f"{source}: file {name!r} does not match prepare group_pattern "
-                        f"{pattern!r}; rename it or fix the pattern")
+                        f"'{pattern}'; rename it or fix the pattern")
     return match.group(1)
 
 

@@ -2,19 +2,18 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from sklearn.metrics import (accuracy_score, classification_report, confusion_matrix,  # noqa: E402
-                             f1_score, log_loss)
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, log_loss
 
-from ferpipe.explain import gradcam  # noqa: E402
-from ferpipe.files import atomic_path, write_json  # noqa: E402
-from ferpipe.pipeline.config import PipelineError  # noqa: E402
-from ferpipe.pipeline.params import EvaluateConfig  # noqa: E402,F401 (declared TF-free, see ferpipe.pipeline.params)
+from ferpipe.explain import gradcam
+from ferpipe.files import atomic_path, write_json
+from ferpipe.pipeline.config import PipelineError
+from ferpipe.pipeline.params import EvaluateConfig
 
 # Selection metrics and whether larger is better.
 SELECTION = {"val_accuracy": True, "val_macro_f1": True, "val_log_loss": False}

@@ -12,7 +12,7 @@ import numpy as np
 
 from ferpipe.files import load_split
 from ferpipe.pipeline.config import PipelineError
-from ferpipe.pipeline.params import FinetuneConfig, SourceMix, TrainConfig  # noqa: F401
+from ferpipe.pipeline.params import FinetuneConfig, SourceMix, TrainConfig
 
 
 def mix_sources(prepared_dir: Path, mix: dict[str, SourceMix], seed: int

@@ -9,9 +9,10 @@ import io
 import warnings
 import zipfile
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -136,7 +137,7 @@ def _read_zip_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: Rea
             raise zipfile.BadZipFile(f"{size} bytes, not the {info.file_size} its header says")
     except EntryError:
         raise
-    except Exception as err:  # noqa: BLE001 - damaged archives fail in many ways (CRC, zlib, EOF)
+    except Exception as err:
         raise EntryError(f"cannot read it, the archive is damaged ({type(err).__name__}: "
                          f"{one_line(err)})", "unreadable") from None
     return b"".join(chunks)
@@ -173,7 +174,7 @@ def _open_zip(source: Path) -> zipfile.ZipFile:
         archive = zipfile.ZipFile(source)
         archive.infolist()
         return archive
-    except Exception as err:  # noqa: BLE001 - a damaged central directory fails in many ways
+    except Exception as err:
         raise DataError(f"{source}: not a readable zip archive ({type(err).__name__}: "
                         f"{one_line(err)})") from None
 
@@ -269,7 +270,7 @@ def decode(raw: bytes, image_px: int, *, max_pixels: int = ReadLimits.image_pixe
         raise EntryError(f"image is over {over} ({one_line(err)})", "too_large") from None
     except UnidentifiedImageError:  # its message names only a BytesIO object
         raise EntryError("cannot decode image (not a known image format)", "undecodable") from None
-    except Exception as err:  # noqa: BLE001 - untrusted bytes: PIL's decoders fail in many ways
+    except Exception as err:
         raise EntryError(f"cannot decode image ({type(err).__name__}: {one_line(err)})",
                          "undecodable") from None
     finally:

@@ -13,7 +13,7 @@ import numpy as np
 from keras import layers
 
 # Declared TF-free, so stages check params before importing TensorFlow; re-exported here.
-from ferpipe.pipeline.params import ALPHA_BACKBONES, CNNSpec, TransferSpec  # noqa: F401
+from ferpipe.pipeline.params import ALPHA_BACKBONES, CNNSpec, TransferSpec
 
 # Per-backbone constructor and how its own `preprocess_input` maps 0..255 RGB:
 # "tf" -> [-1, 1]; "caffe" -> BGR minus ImageNet means; "torch" -> ImageNet mean/std;

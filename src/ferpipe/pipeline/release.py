@@ -8,9 +8,9 @@ import keras
 import numpy as np
 
 from ferpipe.files import atomic_path, write_json, write_npz
-from ferpipe.pipeline.config import PipelineError
-from ferpipe.pipeline.params import ReleaseConfig  # noqa: F401 (declared TF-free, see ferpipe.pipeline.params)
 from ferpipe.modelio import save_model
+from ferpipe.pipeline.config import PipelineError
+from ferpipe.pipeline.params import ReleaseConfig
 
 
 def export(model_path: Path, out_dir: Path, x_test: np.ndarray, y_test: np.ndarray,
@@ -60,7 +60,9 @@ def _front_matter(name: str, evaluation: dict) -> str:
           name: {source} (test split of this project)
         metrics:{metrics}""")
     return f"""---
-license: apache-2.0
+license: other
+license_name: research-and-education-only
+license_link: https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge/rules
 library_name: keras
 pipeline_tag: image-classification
 tags: [facial-emotion-recognition, fer2013, grayscale, dvc, mlflow]

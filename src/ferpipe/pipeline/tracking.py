@@ -17,8 +17,9 @@ import subprocess
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 from unittest import mock
 
 import mlflow
@@ -260,7 +261,7 @@ def _failure_reason(err: BaseException) -> str:
     return (f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__)[:500]
 
 
-def _raise_on_sigterm(signum, frame):  # noqa: ARG001
+def _raise_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
 

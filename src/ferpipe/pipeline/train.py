@@ -3,21 +3,24 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-import keras  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
 
-from ferpipe.files import load_split  # noqa: E402
-from ferpipe.pipeline.config import PipelineError  # noqa: E402
-from ferpipe.files import atomic_path, write_json  # noqa: E402
-from ferpipe.modelio import save_model  # noqa: E402,F401 (re-exported for the stages)
-from ferpipe.pipeline.params import CNNSpec, TrainConfig  # noqa: E402,F401 (declared TF-free, see ferpipe.pipeline.params)
-from ferpipe.pipeline.tracking import log_keras_model, stage_run, try_log, use_tracking  # noqa: E402
+from ferpipe.files import (
+    atomic_path,
+    load_split,
+    write_json,
+)
+from ferpipe.modelio import save_model
+from ferpipe.pipeline.config import PipelineError
+from ferpipe.pipeline.params import CNNSpec, TrainConfig
+from ferpipe.pipeline.tracking import log_keras_model, stage_run, try_log, use_tracking
 
 PREPARED_DIR = Path("data/prepared/fer2013")  # the baselines, transfer and tune train on FER2013
 AUGMENTED_DIR = Path("data/augmented")
@@ -52,7 +55,7 @@ class Phase:
     random_zoom: float = 0.0  # online zoom in and out by up to this fraction (0: off)
 
     @classmethod
-    def for_spec(cls, name: str, spec: CNNSpec, epochs: int | None = None) -> "Phase":
+    def for_spec(cls, name: str, spec: CNNSpec, epochs: int | None = None) -> Phase:
         """The one phase of a hand-built CNN, with its whole recipe: the baseline, each tuner
         trial (`epochs` set to the trial's) and the tuned retrain all build it here."""
         return cls(name, spec.epochs if epochs is None else epochs, spec.learning_rate,

@@ -19,7 +19,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from ferpipe.pipeline.models import CNNSpec, build_cnn
-from ferpipe.pipeline.params import SearchSpace, TuneConfig  # noqa: F401 (declared TF-free, see ferpipe.pipeline.params)
+from ferpipe.pipeline.params import SearchSpace, TuneConfig
 from ferpipe.pipeline.train import Phase, TrainConfig, TrainData, fit
 
 

@@ -79,7 +79,7 @@ def result_html(name: str, image: np.ndarray, faces: list[Any], classes: list[st
     parts = []
     faces = [face.to_dict() if hasattr(face, "to_dict") else face for face in faces]
     for n, face in enumerate(faces, 1):
-        colour = "#%02x%02x%02x" % COLOURS[(n - 1) % len(COLOURS)]
+        colour = "#{:02x}{:02x}{:02x}".format(*COLOURS[(n - 1) % len(COLOURS)])
         rows = "".join(
             f"<div class='row'><span>{html.escape(c)}</span><div class='bar'><span style='width:"
             f"{100 * face['probabilities'][c]:.1f}%;background:{colour}'></span></div>"

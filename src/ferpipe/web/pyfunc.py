@@ -20,14 +20,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from ferpipe.errors import FerpipeError
-
-
-import mlflow  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE  # noqa: E402
 
 IMAGE_PX = 48
 # Pixels a photo may have (ferpipe serve --max-pixels sets it through the environment).
@@ -123,7 +121,7 @@ class FerEmotionModel(mlflow.pyfunc.PythonModel):
         self.recognizer = EmotionRecognizer.from_classifier(self.classifier)
 
     # No type hints here: MLflow would try to derive the signature from them.
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ARG002
+    def predict(self, context, model_input, params=None):
         """One {"faces": [...]} per row (see the module docstring)."""
         from ferpipe.recognizer import Face
 

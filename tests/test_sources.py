@@ -1,0 +1,108 @@
+"""Several sources: split by person where a group pattern is given, a declared training mix,
+and the champion chosen on the mean over sources."""
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ferpipe.files import load_split, write_npz
+from ferpipe.pipeline.config import ConfigError, from_dict
+from ferpipe.pipeline.data import PrepareConfig, PrepareParams, prepare, prepare_all
+from ferpipe.pipeline.params import SourceMix
+from ferpipe.pipeline.tiny import make_archive, synthetic_image
+
+CLASSES = ["happy", "neutral", "sad", "surprise"]
+
+
+def people_zip(path: Path, people: int = 30, photos: int = 4, seed: int = 0) -> Path:
+    """<class>/<Person>_<NNNN>.jpg: each person has `photos` photos, all of one class."""
+    rng = np.random.default_rng(seed)
+    with zipfile.ZipFile(path, "w") as archive:
+        for p in range(people):
+            label = p % len(CLASSES)
+            for i in range(photos):
+                buf = io.BytesIO()
+                Image.fromarray(synthetic_image(label, rng, 64)).save(buf, format="JPEG")
+                archive.writestr(f"faces/{CLASSES[label]}/Person_{p:03d}_{i + 1:04d}.jpg", buf.getvalue())
+    return path
+
+
+def test_a_grouped_source_keeps_each_person_in_one_split(tmp_path):
+    source = people_zip(tmp_path / "people.zip")
+    cfg = PrepareConfig(source=str(source), classes=CLASSES, val_fraction=0.2, test_fraction=0.2,
+                        group_pattern=r"(.+)_\d+")
+    report = prepare(cfg, tmp_path / "out", tmp_path / "data.json")
+    import pandas as pd
+
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv")
+    person = manifest.source.str.extract(r"(Person_\d+)_")[0]
+    assert (manifest.groupby(person).split.nunique() == 1).all()
+    for split in ("val", "test"):
+        assert all(report["counts"][split][c] > 0 for c in CLASSES)  # stratified by class
+    # an image-level split of the same photos puts people in two splits
+    plain = prepare(PrepareConfig(source=str(source), classes=CLASSES, val_fraction=0.2,
+                                  test_fraction=0.2), tmp_path / "plain", tmp_path / "plain.json")
+    assert plain["kept"] == report["kept"]
+    manifest = pd.read_csv(tmp_path / "plain" / "manifest.csv")
+    assert (manifest.groupby(manifest.source.str.extract(r"(Person_\d+)_")[0]).split.nunique() > 1).any()
+
+
+def test_a_file_outside_the_group_pattern_is_named(tmp_path):
+    source = people_zip(tmp_path / "people.zip")
+    buf = io.BytesIO()
+    Image.fromarray(synthetic_image(0, np.random.default_rng(99), 64)).save(buf, format="PNG")
+    photo = buf.getvalue()  # not a duplicate: duplicates are dropped before the split
+    with zipfile.ZipFile(source, "a") as archive:
+        archive.writestr("faces/happy/nobody.jpg", photo)
+    cfg = PrepareConfig(source=str(source), classes=CLASSES, val_fraction=0.2, test_fraction=0.2,
+                        group_pattern=r"(.+)_\d+")
+    with pytest.raises(ValueError, match=r"people.zip: file 'faces/happy/nobody.jpg' does not match "
+                                         r"prepare group_pattern '\(\.\+\)_\\d\+'; rename it or fix the pattern$"):
+        prepare(cfg, tmp_path / "out", tmp_path / "data.json")
+
+
+def test_group_pattern_needs_a_group():
+    with pytest.raises(ConfigError, match=r"group_pattern '.+' needs a \(group\)"):
+        from_dict(PrepareParams, {"sources": {"a": {"source": "x.zip", "group_pattern": r".+_\d+"}}}, "prepare")
+
+
+def test_every_source_is_prepared_into_its_own_folder(tmp_path):
+    fer = make_archive(tmp_path / "fer.zip", CLASSES, per_class=20)
+    photos = people_zip(tmp_path / "people.zip")
+    params = from_dict(PrepareParams, {"sources": {
+        "fer2013": {"source": str(fer), "val_fraction": 0.2, "test_fraction": 0.2},
+        "real": {"source": str(photos), "val_fraction": 0.2, "test_fraction": 0.2,
+                 "group_pattern": r"(.+)_\d+"}}, "classes": CLASSES}, "prepare")
+    report = prepare_all(params, tmp_path / "prepared", tmp_path / "data.json")
+    assert set(report["sources"]) == {"fer2013", "real"}
+    for name in ("fer2013", "real"):
+        x, y, classes = load_split(tmp_path / "prepared" / name, "train")
+        assert x.shape[1:] == (48, 48) and classes == CLASSES
+    assert report["kept"] == sum(r["kept"] for r in report["sources"].values())
+
+
+def test_the_mix_caps_each_class_and_repeats_a_source(tmp_path):
+    from ferpipe.pipeline.finetune import mix_sources
+
+    for name, counts in (("a", [50, 40, 3, 5]), ("b", [10, 10, 10, 10])):
+        y = np.repeat(np.arange(4), counts)
+        write_npz(tmp_path / name / "train.npz", x=np.zeros((len(y), 48, 48), np.uint8), y=y,
+                  classes=np.array(CLASSES))
+    mix = {"a": SourceMix(per_class_cap=20), "b": SourceMix(repeat=2)}
+    x, y, classes, drawn = mix_sources(tmp_path, mix, seed=1)
+    assert drawn == {"a": {"happy": 20, "neutral": 20, "sad": 3, "surprise": 5},
+                     "b": {"happy": 20, "neutral": 20, "sad": 20, "surprise": 20}}
+    assert len(x) == len(y) == 48 + 80 and classes == CLASSES
+    with pytest.raises(FileNotFoundError, match="no prepared source 'c'"):
+        mix_sources(tmp_path, {"c": SourceMix()}, seed=1)
+
+
+def test_the_champion_has_the_best_mean_over_sources():
+    from ferpipe.pipeline.evaluate import choose_champion
+
+    rows = [{"model": "fer_expert", "val_macro_f1": (0.80 + 0.50) / 2, "params": 1},
+            {"model": "both", "val_macro_f1": (0.78 + 0.70) / 2, "params": 1}]
+    assert choose_champion(rows, "val_macro_f1") == "both"
