@@ -379,3 +379,37 @@ def test_transfer_stage_checks_its_weights_file_before_tensorflow_loads(tmp_path
         "error: params.yaml:transfer.m.weights: file 'missing_0.5_224_no_top.h5' not found; run `dvc "
         "pull`, put the official Keras '_no_top' .h5 file there, or set weights: imagenet where a "
         "network exists"]
+
+
+def test_a_server_that_accepts_and_never_answers_is_reported_within_15_s(monkeypatch):
+    import socket
+    import time
+
+    from ferpipe.pipeline.tracking import TrackingError, use_tracking
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # accepts connections (the kernel does), never replies
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    start = time.monotonic()
+    try:
+        with pytest.raises(TrackingError, match=r"is unreachable \(no reply within 8 s; raise "
+                                                 r"MLFLOW_HTTP_REQUEST_TIMEOUT for a slow server\)"):
+            use_tracking(uri)
+    finally:
+        listener.close()
+    assert time.monotonic() - start < 15
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs /proc")
+def test_a_store_path_that_looks_writable_but_is_not_fails_at_once():
+    import time
+
+    from ferpipe.pipeline.tracking import TrackingError, use_tracking
+
+    start = time.monotonic()
+    with pytest.raises(TrackingError, match=r"^/proc/ferpipe-x\.db: the MLflow tracking database "
+                                            r"cannot be written: /proc is not writable"):
+        use_tracking("sqlite:////proc/ferpipe-x.db")
+    assert time.monotonic() - start < 10

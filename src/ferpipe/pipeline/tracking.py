@@ -37,6 +37,9 @@ DEFAULT_EXPERIMENT = "fer-pipeline"
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 CONNECT_TIMEOUT_S = 5.0
+# The start-up check's wait for a reply, unless MLFLOW_HTTP_REQUEST_TIMEOUT is set (the way to
+# allow a slow server): a server that accepts and never answers is reported within ~13 s.
+STARTUP_REPLY_TIMEOUT_S = 8.0
 
 
 class TrackingError(PipelineError):
@@ -54,10 +57,8 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def server_down(uri: str) -> str | None:
+def server_down(uri: str, timeout: float = STARTUP_REPLY_TIMEOUT_S) -> str | None:
     """Why the HTTP tracking server at `uri` can't be reached; None when it answers at all."""
-    timeout = float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")
-                    or HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_TIMEOUT"])
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=(CONNECT_TIMEOUT_S, timeout))
     except requests.exceptions.SSLError:
@@ -72,6 +73,24 @@ def server_down(uri: str) -> str | None:
     return None
 
 
+def _can_write(path: Path) -> bool:
+    """Whether `path` opens for update: os.access can say yes where the file system says no."""
+    try:
+        with path.open("r+b"):
+            return True
+    except OSError:
+        return False
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can be made in `folder` (tried, not asked: /proc passes os.access)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
 def _sqlite_file(uri: str) -> Path:
     """The file of a sqlite:/// URI; TrackingError unless it (or the folder for it) is writable.
 
@@ -79,8 +98,8 @@ def _sqlite_file(uri: str) -> Path:
     path = Path(uri[len("sqlite:///"):].split("?")[0])
     folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())  # MLflow makes the rest
     problem = ("is a folder, not a file" if path.is_dir() else
-               "is not writable" if path.exists() and not os.access(path, os.R_OK | os.W_OK) else
-               f"cannot be written: {folder} is not writable" if not os.access(folder, os.W_OK | os.X_OK)
+               "is not writable" if path.exists() and not _can_write(path) else
+               f"cannot be written: {folder} is not writable" if not path.exists() and not _can_create_in(folder)
                else None)
     if problem:
         raise TrackingError(f"{path}: the MLflow tracking database {problem}; fix that, or set "
@@ -95,11 +114,13 @@ def use_tracking(uri: str | None = None) -> str:
     DB at once (a tuning chief and its workers, or a reader polling it) can both run
     CREATE TABLE and one fails; an exclusive file lock makes the creation happen once.
     """
+    user_timeout = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     uri = uri or tracking_uri()
     mlflow.set_tracking_uri(uri)
-    if uri.startswith(("http://", "https://")) and (why := server_down(uri)):
+    check = float(user_timeout) if user_timeout else STARTUP_REPLY_TIMEOUT_S
+    if uri.startswith(("http://", "https://")) and (why := server_down(uri, check)):
         raise TrackingError(f"tracking server {uri} is unreachable ({why}); start it, fix "
                             "MLFLOW_TRACKING_URI, or unset it to use the local mlflow.db")
     where = str(_sqlite_file(uri)) if uri.startswith("sqlite:///") else uri
@@ -224,7 +245,8 @@ def _gone(err: BaseException) -> str | None:
     """Why the tracking server is gone, if `err` is an MLflow call failing for that reason."""
     uri = mlflow.get_tracking_uri()
     http = uri.startswith(("http://", "https://"))
-    return server_down(uri) if http and isinstance(err, (MlflowException, requests.RequestException)) else None
+    wait = float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_TIMEOUT"])
+    return server_down(uri, wait) if http and isinstance(err, (MlflowException, requests.RequestException)) else None
 
 
 def try_log(what: str, log: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
