@@ -251,3 +251,16 @@ def test_mixed_precision_trains_with_shifts_and_mixup():
         keras.mixed_precision.set_global_policy("float32")
     assert model.compute_dtype == "bfloat16"
     assert all(np.isfinite(row["loss"]) for row in result["history"])
+
+
+def test_soft_targets_pass_through_the_dataset_as_given_and_mix_under_mixup():
+    """Distilled targets ([N, k] floats) reach the loss unchanged; integer labels become one-hot."""
+    from ferpipe.pipeline.train import make_dataset
+    x = np.zeros((4, 2, 2, 1), np.uint8)
+    soft = np.array([[0.7, 0.3], [0.2, 0.8], [0.5, 0.5], [1.0, 0.0]], np.float32)
+    _, labels = next(iter(make_dataset(x, soft, 2, 4)))
+    np.testing.assert_allclose(labels.numpy(), soft)
+    _, hard = next(iter(make_dataset(x, np.array([0, 1, 1, 0]), 2, 4)))
+    np.testing.assert_array_equal(hard.numpy(), np.eye(2)[[0, 1, 1, 0]])
+    _, mixed = next(iter(make_dataset(x, soft, 2, 4, shuffle_seed=0, mixup_alpha=0.2)))
+    np.testing.assert_allclose(mixed.numpy().sum(axis=1), 1, atol=1e-5)

@@ -92,12 +92,29 @@ def test_the_mix_caps_each_class_and_repeats_a_source(tmp_path):
         write_npz(tmp_path / name / "train.npz", x=np.zeros((len(y), 48, 48), np.uint8), y=y,
                   classes=np.array(CLASSES))
     mix = {"a": SourceMix(per_class_cap=20), "b": SourceMix(repeat=2)}
-    x, y, classes, drawn = mix_sources(tmp_path, mix, seed=1)
+    x, y, classes, drawn, origin = mix_sources(tmp_path, mix, seed=1)
     assert drawn == {"a": {"happy": 20, "neutral": 20, "sad": 3, "surprise": 5},
                      "b": {"happy": 20, "neutral": 20, "sad": 20, "surprise": 20}}
     assert len(x) == len(y) == 48 + 80 and classes == CLASSES
+    assert origin.tolist() == [0] * 48 + [1] * 80
     with pytest.raises(FileNotFoundError, match="no prepared source 'c'"):
         mix_sources(tmp_path, {"c": SourceMix()}, seed=1)
+
+
+def test_distilled_targets_mix_the_base_model_in_only_where_a_source_asks():
+    import keras
+
+    from ferpipe.pipeline.finetune import distilled_targets
+
+    model = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(4, activation="softmax")])
+    x = np.random.default_rng(0).integers(0, 255, (6, 48, 48), dtype=np.uint8)
+    y, origin = np.array([0, 1, 2, 3, 0, 1]), np.array([0, 0, 0, 1, 1, 1])
+    targets = distilled_targets(model, x, y, origin, [0.5, 0.0], batch_size=4)
+    teacher = model.predict(x[:3, ..., None], verbose=0)
+    np.testing.assert_allclose(targets[:3], 0.5 * np.eye(4)[y[:3]] + 0.5 * teacher, atol=1e-5)
+    np.testing.assert_array_equal(targets[3:], np.eye(4)[y[3:]])  # share 0: the labels alone
+    np.testing.assert_allclose(targets.sum(axis=1), 1, atol=1e-5)
 
 
 def test_the_champion_has_the_best_mean_over_sources():

@@ -16,11 +16,12 @@ from ferpipe.pipeline.params import FinetuneConfig, SourceMix, TrainConfig
 
 
 def mix_sources(prepared_dir: Path, mix: dict[str, SourceMix], seed: int
-                ) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, dict[str, int]]]:
-    """(x uint8 [N, H, W], y [N], classes, images drawn per source and class) of the training mix."""
+                ) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, dict[str, int]], np.ndarray]:
+    """(x uint8 [N, H, W], y [N], classes, images drawn per source and class, each image's
+    source as its index in `mix`) of the training mix."""
     rng = np.random.default_rng(seed)
-    xs, ys, drawn, classes = [], [], {}, None
-    for name, spec in mix.items():
+    xs, ys, origins, drawn, classes = [], [], [], {}, None
+    for number, (name, spec) in enumerate(mix.items()):
         if not (prepared_dir / name / "train.npz").is_file():
             raise FileNotFoundError(f"{prepared_dir / name}: no prepared source '{name}' (params "
                                     "finetune.mix names it; add it to prepare.sources)")
@@ -38,7 +39,25 @@ def mix_sources(prepared_dir: Path, mix: dict[str, SourceMix], seed: int
         drawn[name] = {c: int((y[keep] == k).sum()) * spec.repeat for k, c in enumerate(classes)}
         xs.append(np.repeat(x[keep], spec.repeat, axis=0))
         ys.append(np.repeat(y[keep], spec.repeat, axis=0))
-    return np.concatenate(xs), np.concatenate(ys), list(classes or []), drawn
+        origins.append(np.full(len(keep) * spec.repeat, number, np.int16))
+    return (np.concatenate(xs), np.concatenate(ys), list(classes or []), drawn,
+            np.concatenate(origins))
+
+
+def distilled_targets(model: object, x: np.ndarray, y: np.ndarray, origin: np.ndarray,
+                      shares: list[float], batch_size: int) -> np.ndarray:
+    """Soft targets [N, k]: each image's one-hot label, mixed with `model`'s probabilities on
+    it by its source's share (shares[origin]); the model runs only on images with a share."""
+    from ferpipe.pipeline.evaluate import predict_probs
+
+    k = int(model.output_shape[-1])
+    targets = np.eye(k, dtype=np.float32)[y]
+    share = np.asarray(shares, np.float32)[origin]
+    rows = np.flatnonzero(share > 0)
+    if len(rows):
+        teacher = predict_probs(model, x[rows], batch_size).astype(np.float32)
+        targets[rows] = (1 - share[rows, None]) * targets[rows] + share[rows, None] * teacher
+    return targets
 
 
 def validation_mix(prepared_dir: Path, sources: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -53,11 +72,14 @@ def finetune(cfg: FinetuneConfig, train_cfg: TrainConfig, prepared_dir: Path, ba
     from ferpipe.modelio import load_keras
     from ferpipe.pipeline.train import Phase, TrainData, fit
 
-    x, y, classes, drawn = mix_sources(prepared_dir, cfg.mix, cfg.seed)
+    x, y, classes, drawn, origin = mix_sources(prepared_dir, cfg.mix, cfg.seed)
     x_val, y_val = validation_mix(prepared_dir, list(cfg.mix))
+    model = load_keras(base_model)
+    shares = [spec.distill for spec in cfg.mix.values()]
+    if any(shares):  # the base model's probabilities, before it changes
+        y = distilled_targets(model, x, y, origin, shares, train_cfg.batch_size * 4)
     order = np.random.default_rng(cfg.seed).permutation(len(x))  # one array: the sources interleave
     data = TrainData(x[order][..., None], y[order], x_val[..., None], y_val, classes)
-    model = load_keras(base_model)
     phase = Phase(name, cfg.epochs, cfg.learning_rate, random_shift=cfg.random_shift,
                   mixup_alpha=cfg.mixup_alpha, random_zoom=cfg.random_zoom)
     return model, fit(model, data, train_cfg, [phase]), drawn

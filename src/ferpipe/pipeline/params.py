@@ -176,6 +176,10 @@ class SourceMix:
     # a source's common classes so appending it does not shift the class priors.
     per_class_cap: NonNegative = 0
     repeat: Count = 1  # each drawn image this many times an epoch (a source's weight)
+    # Share of the base model's own probabilities in this source's training targets (0: the
+    # labels alone). On a source the base model learnt, it keeps that knowledge from drifting
+    # while the new source is learnt (distillation, as in "learning without forgetting").
+    distill: Fraction = 0.0
 
 
 @dataclass

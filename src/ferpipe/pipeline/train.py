@@ -83,7 +83,8 @@ def set_determinism(seed: int, mixed_precision: bool = False) -> None:
 def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int,
                  shuffle_seed: int | None = None, mixup_alpha: float = 0.0,
                  random_shift: float = 0.0, random_zoom: float = 0.0) -> tf.data.Dataset:
-    """uint8 pixels -> float32 0..255, one-hot labels; shuffled each epoch when seeded.
+    """uint8 pixels -> float32 0..255, labels one-hot (or soft targets [N, k] as given);
+    shuffled each epoch when seeded.
 
     Optional online augmentation of training batches with built-in Keras layers: random shifts
     (`random_shift`, fraction of the side), then mixup (`mixup_alpha`). Those maps run
@@ -93,7 +94,8 @@ def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int
     if shuffle_seed is not None:
         ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(
-        lambda a, b: (tf.cast(a, tf.float32), tf.one_hot(b, num_classes)),
+        lambda a, b: (tf.cast(a, tf.float32),
+                      tf.one_hot(b, num_classes) if y.ndim == 1 else tf.cast(b, tf.float32)),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # The data layers run in float32 whatever the global policy: under mixed_bfloat16, MixUp's
     # float32 mixing weights met bf16 images and failed, and shifted pixels lost precision.
@@ -116,7 +118,7 @@ def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int
 
 
 def balanced_class_weights(y: np.ndarray, num_classes: int) -> dict[int, float]:
-    counts = np.bincount(y, minlength=num_classes)
+    counts = np.bincount(y.argmax(axis=1) if y.ndim == 2 else y, minlength=num_classes)
     return {i: float(len(y) / (num_classes * max(c, 1))) for i, c in enumerate(counts)}
 
 
