@@ -1,0 +1,64 @@
+"""Whether the fine-tuned model's class priors should be moved back to FER2013's after the
+photos shift them (logit adjustment), judged on each source's validation split.
+
+    nice uv run python bench/prior_correction.py [MODEL]
+
+The training mix holds fewer sad faces than FER2013 alone (the photos are 94 % happy and
+neutral). Each validation probability is multiplied by (FER2013 prior / mix prior) ** tau and
+the argmax taken again: tau 0 is the model as trained, 1 the full correction. Only validation
+splits are read; the table (and logs/prior_correction.jsonl) is the evidence.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+PREPARED = Path("data/prepared")
+TAUS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5]
+
+
+def main() -> None:
+    from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+    from ferpipe.files import load_split
+    from ferpipe.modelio import load_keras
+    from ferpipe.pipeline.config import load_section
+    from ferpipe.pipeline.evaluate import predict_probs
+    from ferpipe.pipeline.finetune import mix_sources
+    from ferpipe.pipeline.params import FinetuneConfig
+
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "models/trained/finetuned/model.keras")
+    cfg = load_section("finetune", FinetuneConfig)
+    y_mix = mix_sources(PREPARED, cfg.mix, cfg.seed)[1]
+    y_fer = load_split(PREPARED / "fer2013", "train")[1]
+    k = int(max(y_mix.max(), y_fer.max())) + 1
+    ratio = (np.bincount(y_fer, minlength=k) / len(y_fer)) / (np.bincount(y_mix, minlength=k) / len(y_mix))
+    model = load_keras(path)
+    vals = {name: load_split(PREPARED / name, "val") for name in ("fer2013", "real")}
+    probs = {name: predict_probs(model, x, 256) for name, (x, _, _) in vals.items()}
+    out = Path("logs/prior_correction.jsonl")
+    out.parent.mkdir(exist_ok=True)
+    for tau in TAUS:
+        row = {"tau": tau, "model": str(path), "val": {}}
+        for name, (_, y, classes) in vals.items():
+            pred = (probs[name] * ratio ** tau).argmax(axis=1)
+            recall = recall_score(y, pred, labels=list(range(k)), average=None, zero_division=0)
+            row["val"][name] = {"accuracy": float(accuracy_score(y, pred)),
+                                "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+                                **{f"recall_{c}": float(r) for c, r in zip(classes, recall)}}
+        fer, real = row["val"]["fer2013"], row["val"]["real"]
+        mean_f1 = (fer["macro_f1"] + real["macro_f1"]) / 2
+        with out.open("a") as handle:
+            handle.write(json.dumps({**row, "mean_val_macro_f1": round(mean_f1, 4)}) + "\n")
+        print(f"tau {tau:.2f}: mean F1 {mean_f1:.4f} | fer acc {fer['accuracy']:.4f} sad "
+              f"{fer['recall_sad']:.3f} | real acc {real['accuracy']:.4f} neutral "
+              f"{real['recall_neutral']:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
