@@ -49,7 +49,7 @@ def _starts_processes(item: pytest.Item) -> bool:
             source = inspect.getsource(func)
         except (OSError, TypeError):
             continue
-        if "subprocess." in source or "Popen(" in source or "run([" in source:
+        if any(mark in source for mark in ("subprocess.", "Popen(", "run([", "served(")):
             return True
     return False
 

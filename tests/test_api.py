@@ -76,6 +76,16 @@ def test_a_picture_that_is_already_a_face_falls_back_to_the_whole_image(recogniz
     assert strict.analyze(square) == []
 
 
+def test_a_loaded_classifier_gets_the_same_checks_and_faces_as_a_path(recognizer):
+    from ferpipe import EmotionRecognizer, FerpipeError
+
+    again = EmotionRecognizer(recognizer.classifier)
+    assert again.classifier is recognizer.classifier
+    assert again.analyze(astronaut()) == recognizer.analyze(astronaut())
+    with pytest.raises(FerpipeError, match="min_face must be 1 or more"):
+        EmotionRecognizer.from_classifier(recognizer.classifier, min_face=0)
+
+
 def test_analyze_video_yields_each_analysed_frame(recognizer, tmp_path):
     path = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (320, 240))

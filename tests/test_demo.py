@@ -1,13 +1,7 @@
 """`ferpipe demo`: the page's pieces, the app over HTTP, and a real browser uploading a photo."""
-import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -16,30 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from servers import CHROMIUM, CHROMIUM_FLAGS, free_port, served, wait_for
+
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE = ROOT / "models/release/model.keras"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 CLASSES = ["happy", "neutral", "sad", "surprise"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(url: str, alive, limit_s: float = 600) -> None:
-    deadline = time.monotonic() + limit_s  # a readiness wait, not a timing check
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            assert alive(), "server exited"
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -133,13 +108,11 @@ def test_upload_a_photo_in_a_real_browser(photos, tmp_path):
     from playwright.sync_api import sync_playwright
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "ferpipe", "demo", "--port", str(port)], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_for(url, lambda: server.poll() is None)
+    with served([sys.executable, "-m", "ferpipe", "demo", "--port", str(port)], ROOT, url,
+                what="ferpipe demo"):
         with sync_playwright() as play:
-            browser = play.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            browser = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.goto(url)
             page.set_input_files("input[name=photo]", str(photos["astronaut"]))
@@ -151,6 +124,3 @@ def test_upload_a_photo_in_a_real_browser(photos, tmp_path):
             assert page.locator("img").first.evaluate("img => img.naturalWidth") > 0  # it decoded
             page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
             browser.close()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # stop the server by its process group id
-        server.wait(timeout=30)

@@ -6,17 +6,15 @@ import base64
 import io
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from servers import free_port, served
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,45 +81,20 @@ def test_pyfunc_answers_faces_and_photos_in_process(champion):
     assert astronaut["faces"][0]["emotion"] in classes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(champion, tmp_path_factory):
     """`mlflow models serve -m models:/fer-emotion@champion --env-manager local` on a free port."""
     uri = champion[0]
     cwd = tmp_path_factory.mktemp("server")
     port = free_port()
-    log = (cwd / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/fer-emotion@champion",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        # MLflow execs `uvicorn` by name: the venv's bin must be on PATH (`uv run` puts it there).
-        cwd=cwd, env={**os.environ, "MLFLOW_TRACKING_URI": uri,
-                      "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
-        stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)  # its own process group: uvicorn's workers stop with it
+    # MLflow execs `uvicorn` by name: the venv's bin must be on PATH (`uv run` puts it there).
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600  # a busy CI machine loads TF slowly
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("mlflow models serve did not start:\n"
-                                         + (cwd / "serve.log").read_text()[-3000:]) from None
-                time.sleep(1)
+    with served([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/fer-emotion@champion",
+                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                cwd, f"{url}/ping", env, "mlflow models serve"):
         yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # stop the server by its process (group) id
-            proc.wait(timeout=60)
-        log.close()
 
 
 def post(url: str, body: bytes | str) -> tuple[int, dict]:
@@ -173,29 +146,12 @@ def ferpipe_serve(tmp_path_factory):
     """`ferpipe serve` on the release, from a folder with no MLflow database (a fresh clone)."""
     cwd = tmp_path_factory.mktemp("ferpipe-serve")
     port = free_port()
-    log = (cwd / "serve.log").open("wb")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.Popen([sys.executable, "-m", "ferpipe", "serve", "--port", str(port),
-                             "--max-request-mb", "2", "--max-megapixels", "1"],
-                            cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("ferpipe serve did not start:\n"
-                                         + (cwd / "serve.log").read_text()[-3000:]) from None
-                time.sleep(1)
+    with served([sys.executable, "-m", "ferpipe", "serve", "--port", str(port),
+                 "--max-request-mb", "2", "--max-megapixels", "1"],
+                cwd, f"{url}/ping", env, "ferpipe serve"):
         yield url, cwd
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=60)
-        log.close()
 
 
 def test_ferpipe_serve_answers_photos_without_a_registry(ferpipe_serve):

@@ -2,7 +2,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from ferpipe.pipeline.config import from_dict
 from ferpipe.pipeline.data import PrepareConfig, prepare
 from ferpipe.pipeline.tiny import TINY_PARAMS, make_archive, merge
 from ferpipe.pipeline.tracking import use_tracking
+from servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -91,12 +91,6 @@ def test_killed_search_resumes_with_finished_trials_intact(tmp_path):
     assert set(children.status) <= {"FINISHED", "KILLED"}
     assert (children.status == "FINISHED").sum() == 3
     assert json.loads((cwd / "metrics/tune.json").read_text())["trials_completed"] == 3
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_chief_and_two_workers_share_the_trials(tmp_path):

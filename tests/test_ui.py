@@ -1,52 +1,24 @@
 """The MLflow UI as users see it: headless Chromium on the tiny project's tracking DB."""
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 
+from servers import CHROMIUM, CHROMIUM_FLAGS, free_port, served
+
 pytestmark = pytest.mark.slow
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
 def mlflow_ui(tiny_project: Path):
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{tiny_project / 'mlflow.db'}",
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tiny_project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, "mlflow ui exited"
-                assert time.monotonic() < deadline, "mlflow ui did not start"
-                time.sleep(1)
+    with served([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
+                 f"sqlite:///{tiny_project / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port)],
+                tiny_project, f"{url}/health", what="mlflow ui", limit_s=120):
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # stop the server and its workers by process id
-        server.wait(timeout=30)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium)")
@@ -59,7 +31,7 @@ def test_runs_page_and_compare_view_in_a_real_browser(tiny_project, mlflow_ui):
     runs = runs.drop_duplicates("tags.model_name")  # one run of each baseline: cnn_a and cnn_b
     first, second = runs.run_id.iloc[0], runs.run_id.iloc[1]
     with sync_playwright() as play:
-        browser = play.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = play.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.goto(f"{mlflow_ui}/#/experiments/{experiment.experiment_id}/runs")
         for name in ("prepare", "augment", "tune", "evaluate", "release", "cnn_a", "cnn_b"):

@@ -69,13 +69,13 @@ class Explanation:
 class EmotionRecognizer:
     """Faces in pictures -> emotions.
 
-    `model`: None for the released model (inside the package), a `.keras` path, or an MLflow
-    `models:/NAME@ALIAS` URI. `detector`: "auto" (YuNet if installed, else Haar), "yunet",
-    "haar" or "mtcnn". `detect=False` takes every picture as one face crop. `min_face`: the
-    smallest face looked for, in pixels. `whole_image`: with no face found, take a near-square
-    picture as the face (marked found="whole_image")."""
+    `model`: None for the released model (inside the package), a `.keras` path, an MLflow
+    `models:/NAME@ALIAS` URI or a loaded `Classifier`. `detector`: "auto" (YuNet if installed,
+    else Haar), "yunet", "haar" or "mtcnn". `detect=False` takes every picture as one face
+    crop. `min_face`: the smallest face looked for, in pixels. `whole_image`: with no face
+    found, take a near-square picture as the face (marked found="whole_image")."""
 
-    def __init__(self, model: str | Path | None = None, detector: str = "auto", *,
+    def __init__(self, model: str | Path | Classifier | None = None, detector: str = "auto", *,
                  detect: bool = True, min_face: int = MIN_FACE_PX, whole_image: bool = True,
                  max_pixels: int = MAX_PIXELS) -> None:
         if min_face < 1:
@@ -83,20 +83,14 @@ class EmotionRecognizer:
         self.detector = resolve(detector) if detect else detector  # a missing one fails now
         self.detect, self.min_face, self.whole_image = detect, min_face, whole_image
         self.max_pixels = max_pixels
-        self.classifier: Classifier = load_classifier(None if model is None else str(model))
+        self.classifier: Classifier = (model if isinstance(model, Classifier)
+                                       else load_classifier(None if model is None else str(model)))
 
     @classmethod
     def from_classifier(cls, classifier: Classifier, detector: str = "auto",
                         **options: Any) -> EmotionRecognizer:
         """A recognizer over a model already loaded (the pyfunc's, a test's)."""
-        self = cls.__new__(cls)
-        self.detector = resolve(detector)
-        self.detect = options.get("detect", True)
-        self.min_face = options.get("min_face", MIN_FACE_PX)
-        self.whole_image = options.get("whole_image", True)
-        self.max_pixels = options.get("max_pixels", MAX_PIXELS)
-        self.classifier = classifier
-        return self
+        return cls(classifier, detector, **options)
 
     @property
     def classes(self) -> list[str]:
