@@ -74,7 +74,7 @@ def main() -> None:
     rows.append(("one 48x48 face, EmotionRecognizer.analyze (no detection)", "-", wall, cpu, "< 5 ms"))
     wall, cpu = timed(lambda: clf.model.predict(face[..., None].astype("float32"), verbose=0), 10)
     rows.append(("one 48x48 face, model.predict (for comparison)", "-", wall, cpu, ""))
-    recognizers = {name: EmotionRecognizer.from_classifier(clf, name) for name in detectors}
+    recognizers = {name: EmotionRecognizer(clf, name) for name in detectors}
     for name, rec in recognizers.items():
         n = len(detect_faces(photo, detector=name))
         wall, cpu = timed(lambda name=name: detect_faces(photo, detector=name), max(5, args.calls // 5))

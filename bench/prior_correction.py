@@ -23,20 +23,18 @@ TAUS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5]
 
 
 def main() -> None:
-    from sklearn.metrics import accuracy_score, f1_score, recall_score
-
     from ferpipe.files import load_split
     from ferpipe.modelio import load_keras
     from ferpipe.pipeline.config import load_section
     from ferpipe.pipeline.evaluate import predict_probs
-    from ferpipe.pipeline.finetune import mix_sources
+    from ferpipe.pipeline.finetune import mix_sources, split_scores
     from ferpipe.pipeline.params import FinetuneConfig
 
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "models/trained/finetuned/model.keras")
     cfg = load_section("finetune", FinetuneConfig)
-    y_mix = mix_sources(PREPARED, cfg.mix, cfg.seed)[1]
+    _, y_mix, classes, _, _ = mix_sources(PREPARED, cfg.mix, cfg.seed)
     y_fer = load_split(PREPARED / "fer2013", "train")[1]
-    k = int(max(y_mix.max(), y_fer.max())) + 1
+    k = len(classes)
     ratio = (np.bincount(y_fer, minlength=k) / len(y_fer)) / (np.bincount(y_mix, minlength=k) / len(y_mix))
     model = load_keras(path)
     vals = {name: load_split(PREPARED / name, "val") for name in ("fer2013", "real")}
@@ -45,12 +43,8 @@ def main() -> None:
     out.parent.mkdir(exist_ok=True)
     for tau in TAUS:
         row = {"tau": tau, "model": str(path), "val": {}}
-        for name, (_, y, classes) in vals.items():
-            pred = (probs[name] * ratio ** tau).argmax(axis=1)
-            recall = recall_score(y, pred, labels=list(range(k)), average=None, zero_division=0)
-            row["val"][name] = {"accuracy": float(accuracy_score(y, pred)),
-                                "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
-                                **{f"recall_{c}": float(r) for c, r in zip(classes, recall)}}
+        for name, (_, y, _) in vals.items():
+            row["val"][name] = split_scores(y, (probs[name] * ratio ** tau).argmax(axis=1), classes)
         fer, real = row["val"]["fer2013"], row["val"]["real"]
         mean_f1 = (fer["macro_f1"] + real["macro_f1"]) / 2
         with out.open("a") as handle:

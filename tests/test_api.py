@@ -68,7 +68,7 @@ def test_a_picture_that_is_already_a_face_falls_back_to_the_whole_image(recogniz
     assert recognizer.analyze(tight)[0].found in ("detected", "whole_image")
     from ferpipe import EmotionRecognizer
 
-    strict = EmotionRecognizer.from_classifier(recognizer.classifier, whole_image=False)
+    strict = EmotionRecognizer(recognizer.classifier, whole_image=False)
     coffee = cv2.cvtColor(sd.coffee(), cv2.COLOR_RGB2BGR)  # 400x600: not near-square, no face
     assert recognizer.analyze(coffee) == [] and strict.analyze(coffee) == []
     square = cv2.resize(coffee, (300, 300))
@@ -83,7 +83,7 @@ def test_a_loaded_classifier_gets_the_same_checks_and_faces_as_a_path(recognizer
     assert again.classifier is recognizer.classifier
     assert again.analyze(astronaut()) == recognizer.analyze(astronaut())
     with pytest.raises(FerpipeError, match="min_face must be 1 or more"):
-        EmotionRecognizer.from_classifier(recognizer.classifier, min_face=0)
+        EmotionRecognizer(recognizer.classifier, min_face=0)
 
 
 def test_analyze_video_yields_each_analysed_frame(recognizer, tmp_path):

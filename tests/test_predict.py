@@ -99,7 +99,7 @@ def test_crop_face_pads_at_the_border_and_keeps_an_exact_crop():
 def test_astronaut_is_one_happy_face_in_colour_and_gray(classifier):
     from ferpipe.recognizer import EmotionRecognizer
 
-    recognizer = EmotionRecognizer.from_classifier(classifier)
+    recognizer = EmotionRecognizer(classifier)
     for image in (astronaut(), cv2.cvtColor(astronaut(), cv2.COLOR_BGR2GRAY)):
         faces = recognizer.analyze(image)
         assert len(faces) == 1 and inside(faces[0].box, ASTRONAUT_FACE)

@@ -86,12 +86,6 @@ class EmotionRecognizer:
         self.classifier: Classifier = (model if isinstance(model, Classifier)
                                        else load_classifier(None if model is None else str(model)))
 
-    @classmethod
-    def from_classifier(cls, classifier: Classifier, detector: str = "auto",
-                        **options: Any) -> EmotionRecognizer:
-        """A recognizer over a model already loaded (the pyfunc's, a test's)."""
-        return cls(classifier, detector, **options)
-
     @property
     def classes(self) -> list[str]:
         return list(self.classifier.classes)

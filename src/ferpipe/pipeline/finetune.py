@@ -85,20 +85,24 @@ def finetune(cfg: FinetuneConfig, train_cfg: TrainConfig, prepared_dir: Path, ba
     return model, fit(model, data, train_cfg, [phase]), drawn
 
 
+def split_scores(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """{accuracy, macro_f1, recall_<class>...} of predicted class indices on one split."""
+    from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+    labels = list(range(len(classes)))
+    recall = recall_score(y, pred, labels=labels, average=None, zero_division=0)
+    return {"accuracy": float(accuracy_score(y, pred)),
+            "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+            **{f"recall_{c}": float(r) for c, r in zip(classes, recall)}}
+
+
 def per_source_val(model: object, prepared_dir: Path, sources: list[str], batch_size: int) -> dict:
     """{source: {accuracy, macro_f1, recall_<class>...}} on each source's validation split (logged per run, so
     MLflow compares mixes source by source)."""
-    from sklearn.metrics import accuracy_score, f1_score, recall_score
-
     from ferpipe.pipeline.evaluate import predict_probs
 
     out = {}
     for name in sources:
         x, y, classes = load_split(prepared_dir / name, "val")
-        pred = predict_probs(model, x, batch_size).argmax(axis=1)
-        labels = list(range(len(classes)))
-        recall = recall_score(y, pred, labels=labels, average=None, zero_division=0)
-        out[name] = {"accuracy": float(accuracy_score(y, pred)),
-                     "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
-                     **{f"recall_{c}": float(r) for c, r in zip(classes, recall)}}
+        out[name] = split_scores(y, predict_probs(model, x, batch_size).argmax(axis=1), classes)
     return out

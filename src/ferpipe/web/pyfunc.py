@@ -118,7 +118,7 @@ class FerEmotionModel(mlflow.pyfunc.PythonModel):
         path = context.artifacts["keras_model"]
         classes = json.loads(Path(context.artifacts["classes"]).read_text())
         self.classifier = Classifier(keras.models.load_model(path, compile=False), classes, path)
-        self.recognizer = EmotionRecognizer.from_classifier(self.classifier)
+        self.recognizer = EmotionRecognizer(self.classifier)
 
     # No type hints here: MLflow would try to derive the signature from them.
     def predict(self, context, model_input, params=None):
