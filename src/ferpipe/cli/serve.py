@@ -71,6 +71,14 @@ def limit_body(app: Any, max_bytes: int) -> Any:
                                 f"request body over {max_bytes / 1e6:g} MB (ferpipe serve "
                                 "--max-request-mb)"}, status_code=413)
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            # Read and drop the body first (up to a bound, no memory kept): answering before it
+            # is read resets the connection under a client still sending, which never sees the 413.
+            left = min(int(declared), 8 * max_bytes)
+            while left > 0:
+                message = await receive()
+                left -= len(message.get("body", b""))
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    break
             return await too_big(scope, receive, send)
         seen = 0
 
