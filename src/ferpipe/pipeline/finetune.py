@@ -81,8 +81,21 @@ def finetune(cfg: FinetuneConfig, train_cfg: TrainConfig, prepared_dir: Path, ba
     order = np.random.default_rng(cfg.seed).permutation(len(x))  # one array: the sources interleave
     data = TrainData(x[order][..., None], y[order], x_val[..., None], y_val, classes)
     phase = Phase(name, cfg.epochs, cfg.learning_rate, random_shift=cfg.random_shift,
-                  mixup_alpha=cfg.mixup_alpha, random_zoom=cfg.random_zoom)
+                  mixup_alpha=cfg.mixup_alpha, random_zoom=cfg.random_zoom,
+                  before=freeze_batchnorm if cfg.freeze_batchnorm else None)
     return model, fit(model, data, train_cfg, [phase]), drawn
+
+
+def freeze_batchnorm(model: object) -> None:
+    """Every batch-norm layer frozen: in Keras 3 a non-trainable one also runs in inference
+    mode, so its moving statistics stay the base model's (nested backbones included)."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+        elif getattr(layer, "layers", None):
+            freeze_batchnorm(layer)
 
 
 def split_scores(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, float]:
