@@ -5,7 +5,7 @@
 
 alpha is the fine-tuned model's share: 0 is the base model, 1 the fine-tuned one. Only
 validation splits are read; the table (and logs/weight_interpolation.jsonl) is the evidence
-for params `finetune.keep_base`.
+for how far a release should sit between the two (no param: alpha 1 is what `finetune` keeps).
 """
 from __future__ import annotations
 

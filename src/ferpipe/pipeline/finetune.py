@@ -6,6 +6,7 @@ is chosen on the sources' validation splits together; `evaluate` judges each sou
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,7 @@ def finetune(cfg: FinetuneConfig, train_cfg: TrainConfig, prepared_dir: Path, ba
     phase = Phase(name, cfg.epochs, cfg.learning_rate, random_shift=cfg.random_shift,
                   mixup_alpha=cfg.mixup_alpha, random_zoom=cfg.random_zoom,
                   before=freeze_batchnorm if cfg.freeze_batchnorm else None)
+    train_cfg = dataclasses.replace(train_cfg, ema_momentum=cfg.ema_momentum)
     return model, fit(model, data, train_cfg, [phase]), drawn
 
 

@@ -195,6 +195,9 @@ class FinetuneConfig:
     # Batch-norm layers kept in inference mode with their statistics as the base model learnt
     # them, so the new source's pixel statistics do not move the features the old one relies on.
     freeze_batchnorm: bool = False
+    # Polyak averaging in the fine-tune, in place of train.ema_momentum (0: off); as there,
+    # used only where the phase runs >= 5 time constants (train.uses_ema).
+    ema_momentum: Fraction = 0.0
     seed: Seed = 42
 
     def validate(self) -> None:
