@@ -136,6 +136,33 @@ def test_frozen_batchnorm_keeps_the_base_statistics_while_the_rest_trains():
     assert moved and all("dense" in p for p in moved)  # gammas, betas and moving stats stay
 
 
+def test_the_finetune_averages_and_freezes_as_its_params_say(tmp_path):
+    import keras
+
+    from ferpipe.pipeline.finetune import finetune
+    from ferpipe.pipeline.params import FinetuneConfig, TrainConfig
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 64), ("val", 16)):
+        write_npz(tmp_path / "a" / f"{split}.npz", x=rng.integers(0, 255, (n, 48, 48), dtype=np.uint8),
+                  y=np.arange(n) % 4, classes=np.array(CLASSES))
+    base = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Rescaling(1 / 255),
+                             keras.layers.Flatten(), keras.layers.BatchNormalization(),
+                             keras.layers.Dense(4, activation="softmax")])
+    base.save(tmp_path / "base.keras")
+    train_cfg = TrainConfig(batch_size=16, ema_momentum=0.0)
+    # 4 steps an epoch x 13 epochs x (1 - 0.9) >= 5 time constants: the average is used.
+    cfg = FinetuneConfig(mix={"a": SourceMix()}, epochs=13, ema_momentum=0.9, freeze_batchnorm=True)
+    model, result, _ = finetune(cfg, train_cfg, tmp_path, tmp_path / "base.keras")
+    assert model.optimizer.use_ema and model.optimizer.ema_momentum == 0.9
+    assert not model.layers[2].trainable and model.layers[3].trainable
+    assert result["epochs_run"] >= 1
+    cfg = FinetuneConfig(mix={"a": SourceMix()}, epochs=1)
+    model, _, _ = finetune(cfg, TrainConfig(batch_size=16, ema_momentum=0.999), tmp_path,
+                           tmp_path / "base.keras")
+    assert not model.optimizer.use_ema and model.layers[2].trainable  # the defaults: neither
+
+
 def test_the_champion_has_the_best_mean_over_sources():
     from ferpipe.pipeline.evaluate import choose_champion
 
