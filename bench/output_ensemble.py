@@ -10,7 +10,6 @@ logs/output_ensemble.jsonl) is the evidence.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ def main() -> None:
     from ferpipe.modelio import load_keras
     from ferpipe.pipeline.evaluate import predict_probs
     from ferpipe.pipeline.finetune import split_scores
+    from source_rows import record
 
     base_path = Path(sys.argv[1] if len(sys.argv) > 1 else "models/trained/tuned/model.keras")
     tuned_path = Path(sys.argv[2] if len(sys.argv) > 2 else "models/trained/finetuned/model.keras")
@@ -33,21 +33,12 @@ def main() -> None:
     splits = {name: load_split(PREPARED / name, "val") for name in SOURCES}
     probs = {name: (predict_probs(base, x, 256), predict_probs(tuned, x, 256))
              for name, (x, _, _) in splits.items()}
-    out = Path("logs/output_ensemble.jsonl")
-    out.parent.mkdir(exist_ok=True)
     for w in SHARES:
         scores = {name: split_scores(y, ((1 - w) * probs[name][0] + w * probs[name][1]).argmax(axis=1),
                                      classes)
                   for name, (_, y, classes) in splits.items()}
-        mean_f1 = sum(s["macro_f1"] for s in scores.values()) / len(scores)
-        row = {"share": w, "mean_val_macro_f1": round(mean_f1, 4), "val": scores,
-               "base": str(base_path), "finetuned": str(tuned_path)}
-        with out.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
-        fer, real = scores["fer2013"], scores["real"]
-        print(f"w {w:.2f}: mean F1 {mean_f1:.4f} | fer acc {fer['accuracy']:.4f} "
-              f"sad {fer['recall_sad']:.3f} F1 {fer['macro_f1']:.4f} | real acc {real['accuracy']:.4f} "
-              f"neutral {real['recall_neutral']:.3f} F1 {real['macro_f1']:.4f}", flush=True)
+        record(Path("logs/output_ensemble.jsonl"), f"w {w:.2f}", scores, share=w,
+               base=str(base_path), finetuned=str(tuned_path))
 
 
 if __name__ == "__main__":

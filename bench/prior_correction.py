@@ -10,7 +10,6 @@ splits are read; the table (and logs/prior_correction.jsonl) is the evidence.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ def main() -> None:
     from ferpipe.pipeline.evaluate import predict_probs
     from ferpipe.pipeline.finetune import mix_sources, split_scores
     from ferpipe.pipeline.params import FinetuneConfig
+    from source_rows import record
 
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "models/trained/finetuned/model.keras")
     cfg = load_section("finetune", FinetuneConfig)
@@ -39,19 +39,10 @@ def main() -> None:
     model = load_keras(path)
     vals = {name: load_split(PREPARED / name, "val") for name in ("fer2013", "real")}
     probs = {name: predict_probs(model, x, 256) for name, (x, _, _) in vals.items()}
-    out = Path("logs/prior_correction.jsonl")
-    out.parent.mkdir(exist_ok=True)
     for tau in TAUS:
-        row = {"tau": tau, "model": str(path), "val": {}}
-        for name, (_, y, _) in vals.items():
-            row["val"][name] = split_scores(y, (probs[name] * ratio ** tau).argmax(axis=1), classes)
-        fer, real = row["val"]["fer2013"], row["val"]["real"]
-        mean_f1 = (fer["macro_f1"] + real["macro_f1"]) / 2
-        with out.open("a") as handle:
-            handle.write(json.dumps({**row, "mean_val_macro_f1": round(mean_f1, 4)}) + "\n")
-        print(f"tau {tau:.2f}: mean F1 {mean_f1:.4f} | fer acc {fer['accuracy']:.4f} sad "
-              f"{fer['recall_sad']:.3f} | real acc {real['accuracy']:.4f} neutral "
-              f"{real['recall_neutral']:.3f}", flush=True)
+        scores = {name: split_scores(y, (probs[name] * ratio ** tau).argmax(axis=1), classes)
+                  for name, (_, y, _) in vals.items()}
+        record(Path("logs/prior_correction.jsonl"), f"tau {tau:.2f}", scores, tau=tau, model=str(path))
 
 
 if __name__ == "__main__":

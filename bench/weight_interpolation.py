@@ -9,7 +9,6 @@ for how far a release should sit between the two (no param: alpha 1 is what `fin
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -34,25 +33,17 @@ def interpolate_weights(base: list[np.ndarray], tuned: list[np.ndarray], alpha: 
 def main() -> None:
     from ferpipe.modelio import load_keras
     from ferpipe.pipeline.finetune import per_source_val
+    from source_rows import record
 
     base_path = Path(sys.argv[1] if len(sys.argv) > 1 else "models/trained/tuned/model.keras")
     tuned_path = Path(sys.argv[2] if len(sys.argv) > 2 else "models/trained/finetuned/model.keras")
     base, model = load_keras(base_path), load_keras(tuned_path)
     base_weights, tuned_weights = base.get_weights(), model.get_weights()
-    out = Path("logs/weight_interpolation.jsonl")
-    out.parent.mkdir(exist_ok=True)
     for alpha in ALPHAS:
         model.set_weights(interpolate_weights(base_weights, tuned_weights, alpha))
-        scores = per_source_val(model, PREPARED, ["fer2013", "real"], 256)
-        mean_f1 = sum(s["macro_f1"] for s in scores.values()) / len(scores)
-        row = {"alpha": alpha, "mean_val_macro_f1": round(mean_f1, 4), "val": scores,
-               "base": str(base_path), "finetuned": str(tuned_path)}
-        with out.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
-        fer, real = scores["fer2013"], scores["real"]
-        print(f"alpha {alpha:.2f}: mean F1 {mean_f1:.4f} | fer acc {fer['accuracy']:.4f} "
-              f"sad {fer['recall_sad']:.3f} F1 {fer['macro_f1']:.4f} | real acc {real['accuracy']:.4f} "
-              f"neutral {real['recall_neutral']:.3f} F1 {real['macro_f1']:.4f}", flush=True)
+        record(Path("logs/weight_interpolation.jsonl"), f"alpha {alpha:.2f}",
+               per_source_val(model, PREPARED, ["fer2013", "real"], 256), alpha=alpha,
+               base=str(base_path), finetuned=str(tuned_path))
 
 
 if __name__ == "__main__":
