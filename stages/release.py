@@ -28,6 +28,7 @@ def main() -> None:
     cfg = load_section("release", ReleaseConfig)
     # Imported only now: TensorFlow takes ~10 s to load, and a params mistake is reported at once.
     import mlflow
+    import numpy as np
 
     from ferpipe.files import load_split
     from ferpipe.pipeline.release import export, model_card, write_card
@@ -37,11 +38,12 @@ def main() -> None:
     name, model_name = evaluation["champion"], evaluation["champion_model"]
     latency_ms = json.loads(TIMING.read_text())["latency_ms_single_image"][name]
     # Sample faces from the last source (the photos: what users bring), the card's example too.
-    last = sorted(p.parent for p in Path("data/prepared").glob("*/test.npz"))[-1]
-    x_test, y_test, classes = load_split(last, "test")
+    sources = sorted(p.parent for p in Path("data/prepared").glob("*/test.npz"))
+    x_test, y_test, classes = load_split(sources[-1], "test")
+    every_test_face = np.concatenate([load_split(s, "test")[0] for s in sources])
     with stage_run("release", vars(cfg), "data/prepared", tags={"model_name": name}):
         exported = export(Path("models/trained") / model_name / "model.keras", OUT_DIR, x_test,
-                          y_test, cfg, tta=evaluation["champion_tta"])
+                          y_test, cfg, classes, every_test_face, tta=evaluation["champion_tta"])
         commit, dirty = git_state()
         sources = read_params()["prepare"]["sources"]
         data = {spec["source"]: data_version(spec["source"]) for spec in sources.values()}
@@ -49,7 +51,8 @@ def main() -> None:
         markdown, card = model_card(name, classes, evaluation, exported, data,
                                     champion_params(model_name), commit, dirty, latency_ms)
         write_card(OUT_DIR, markdown, card)
-        mlflow.log_metrics({"release_megabytes": exported["megabytes"]})
+        mlflow.log_metrics({"release_megabytes": exported["megabytes"],
+                            **{k: exported[k] for k in ("onnx_max_abs_diff", "onnx_changed_predictions")}})
         mlflow.log_artifacts(str(OUT_DIR), "release")
     print(f"release: {name} -> {exported['file']} ({exported['megabytes']} MB)")
 

@@ -46,7 +46,13 @@ def test_every_input_form_gives_the_same_faces(recognizer, tmp_path):
 def test_a_face_is_the_json_predict_prints(recognizer):
     face = recognizer.analyze(astronaut())[0]
     row = face.to_dict()
-    assert set(row) == {"box", "emotion", "probabilities", "found"}
+    assert set(row) == {"box", "emotion", "probabilities", "found", "landmarks"}
+    # YuNet's five points lie in the box: eyes above the nose, the nose above the mouth
+    marks = row["landmarks"]
+    x, y, w, h = row["box"]
+    assert all(x <= px <= x + w and y <= py <= y + h for px, py in marks.values())
+    assert marks["right_eye"][0] < marks["left_eye"][0]
+    assert max(marks["right_eye"][1], marks["left_eye"][1]) < marks["nose"][1] < marks["mouth_left"][1]
     assert row["emotion"] == face.emotion == max(face.probabilities, key=face.probabilities.get)
     assert json.loads(json.dumps(row)) == row and sum(row["probabilities"].values()) == pytest.approx(1, abs=1e-3)
 

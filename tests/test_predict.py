@@ -196,8 +196,7 @@ def test_bad_model_paths_are_one_line_and_debug_shows_the_traceback(cli, media, 
     photo = media / "photos" / "astronaut.jpg"
     rc, lines, err = cli("predict", photo, "--model", tmp_path / "nope.keras")
     assert rc == 1 and lines == []
-    assert err == [f"error: {tmp_path / 'nope.keras'}: no such model file (pass --model PATH.keras "
-                   "or --model models:/fer-emotion@champion)"]
+    assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'nope.keras'}: no such model file")
     (tmp_path / "junk.keras").write_bytes(b"not a zip")
     rc, _, err = cli("predict", photo, "--model", tmp_path / "junk.keras")
     assert rc == 1 and len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'junk.keras'}: cannot load the model")

@@ -40,6 +40,9 @@ def test_the_wheel_installs_and_predicts_outside_the_repo(tmp_path):
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["emotion"] for r in rows] == ["happy"]
     listed = subprocess.run([str(venv / "bin" / "python"), "-c",
-                             "import importlib.util as u; print([m for m in ('dvc', 'mlflow', 'keras_tuner') "
-                             "if u.find_spec(m)])"], capture_output=True, text=True, env=env, timeout=120)
+                             "import importlib.util as u; print([m for m in ('dvc', 'mlflow', 'keras_tuner', "
+                             "'tensorflow', 'keras', 'sklearn', 'yaml') if u.find_spec(m)])"],
+                            capture_output=True, text=True, env=env, timeout=120)
     assert listed.stdout.strip() == "[]"  # the core installs none of the pipeline's packages
+    assert proc.stderr == ""  # nothing from third parties on the user's stderr
+

@@ -10,12 +10,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from ferpipe.detect import MIN_FACE_PX, detect_faces, resolve
-from ferpipe.errors import FerpipeError
+from ferpipe.detect import LANDMARKS, MIN_FACE_PX, Detection, find_faces, resolve
+from ferpipe.errors import FerpipeError, ModelError
 from ferpipe.imageio import MAX_PIXELS, Channels, ImageError, load_image, to_gray
 from ferpipe.inference import Classifier, crop_face, load_classifier
 
@@ -23,6 +23,13 @@ Box = tuple[int, int, int, int]
 # With no face found, a near-square picture is taken as a face crop (a photo that is already a
 # face: the detector sees no surround to find it in). Wider or taller pictures give no face.
 WHOLE_IMAGE_MAX_ASPECT = 1.25
+
+
+class Located(NamedTuple):
+    """A face found in a picture, and how: "detected", or "whole_image"."""
+
+    detection: Detection
+    found: str
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,8 @@ class Face:
     emotion: str
     probabilities: dict[str, float]
     found: str = "detected"
+    landmarks: tuple[tuple[float, float], ...] | None = None  # detect.LANDMARKS, where given
+    person: int | None = None  # in a video: the same number for the same person across frames
 
     @property
     def score(self) -> float:
@@ -42,9 +51,13 @@ class Face:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object `ferpipe predict` prints for a face."""
-        return {"box": [int(v) for v in self.box], "emotion": self.emotion,
-                "probabilities": {c: round(float(p), 4) for c, p in self.probabilities.items()},
-                "found": self.found}
+        out: dict[str, Any] = {} if self.person is None else {"person": self.person}
+        out.update({"box": [int(v) for v in self.box], "emotion": self.emotion,
+                    "probabilities": {c: round(float(p), 4) for c, p in self.probabilities.items()},
+                    "found": self.found})
+        if self.landmarks is not None:
+            out["landmarks"] = {n: [round(x, 1), round(y, 1)] for n, (x, y) in zip(LANDMARKS, self.landmarks)}
+        return out
 
 
 @dataclass(frozen=True)
@@ -83,6 +96,7 @@ class EmotionRecognizer:
         self.detector = resolve(detector) if detect else detector  # a missing one fails now
         self.detect, self.min_face, self.whole_image = detect, min_face, whole_image
         self.max_pixels = max_pixels
+        self._twin: Any = None  # the Keras model, loaded only for explain
         self.classifier: Classifier = (model if isinstance(model, Classifier)
                                        else load_classifier(None if model is None else str(model)))
 
@@ -98,50 +112,62 @@ class EmotionRecognizer:
         """The picture as BGR uint8 [H, W, 3], as every method reads it."""
         return load_image(image, channels, self.max_pixels)
 
-    def locate(self, gray: np.ndarray) -> list[tuple[Box, str]]:
-        """(box, how found) of each face in a gray picture."""
+    def locate(self, gray: np.ndarray) -> list[Located]:
+        """Each face in a gray picture: its detection and how it was found."""
         height, width = gray.shape
         side = min(height, width)
-        whole = ((width - side) // 2, (height - side) // 2, side, side)
+        whole = Detection(((width - side) // 2, (height - side) // 2, side, side))
         if not self.detect:
-            return [(whole, "whole_image")]
-        boxes = detect_faces(gray, self.detector, self.min_face)
-        if boxes:
-            return [(box, "detected") for box in boxes]
+            return [Located(whole, "whole_image")]
+        found = find_faces(gray, self.detector, self.min_face)
+        if found:
+            return [Located(d, "detected") for d in found]
         if self.whole_image and max(height, width) <= WHOLE_IMAGE_MAX_ASPECT * side:
-            return [(whole, "whole_image")]
+            return [Located(whole, "whole_image")]
         return []
 
-    def crops(self, image: Any, channels: Channels = "BGR") -> tuple[list[tuple[Box, str]], np.ndarray]:
-        """The faces' (box, how found) and their crops uint8 [N, px, px], as the model sees them."""
-        gray = to_gray(self.read(image, channels))
+    def crops(self, image: Any, channels: Channels = "BGR") -> tuple[list[Located], np.ndarray]:
+        """The faces found and their crops uint8 [N, px, px], as the model sees them."""
+        gray = to_gray(self.read(image, channels))  # decoded and made gray once, passed down
         located = self.locate(gray)
         px = self.classifier.image_px
-        faces = [crop_face(gray, box, image_px=px) for box, _ in located]
+        faces = [crop_face(gray, loc.detection.box, image_px=px) for loc in located]
         return located, np.stack(faces) if faces else np.zeros((0, px, px), np.uint8)
 
-    def _faces(self, located: list[tuple[Box, str]], crops: np.ndarray) -> list[Face]:
-        probs = self.classifier.predict_proba(crops)
+    def _faces(self, located: list[Located], probs: np.ndarray,
+               people: list[int] | None = None) -> list[Face]:
         classes = self.classifier.classes
-        return [Face(tuple(int(v) for v in box), classes[int(np.argmax(p))],
-                     {c: float(v) for c, v in zip(classes, p)}, found)
-                for (box, found), p in zip(located, probs)]
+        return [Face(tuple(int(v) for v in loc.detection.box), classes[int(np.argmax(p))],
+                     {c: float(v) for c, v in zip(classes, p)}, loc.found, loc.detection.landmarks,
+                     None if people is None else people[i])
+                for i, (loc, p) in enumerate(zip(located, probs))]
 
     def analyze(self, image: Any, channels: Channels = "BGR") -> list[Face]:
         """The faces of one picture, left to right. `image`: a path, encoded bytes, a data
         URL, a NumPy array (HxW gray, or colour in `channels` order) or a PIL image."""
-        return self._faces(*self.crops(image, channels))
+        located, crops = self.crops(image, channels)
+        return self._faces(located, self.classifier.predict_proba(crops))
 
-    def analyze_video(self, path: str | Path, every: int = 1) -> Iterator[Frame]:
-        """Every `every`-th frame of a video, with its faces (skipped frames are not decoded)."""
+    def analyze_video(self, path: str | Path, every: int = 1, smooth_s: float = 0.5) -> Iterator[Frame]:
+        """Every `every`-th frame of a video, with its faces (skipped frames are not decoded).
+
+        Each face carries `person`, the same number for the same person across frames
+        (ferpipe.tracker), and its probabilities averaged over that person's last `smooth_s`
+        seconds (0: each frame alone)."""
         import cv2
+
+        from ferpipe.tracker import FaceTracker
 
         if every < 1:
             raise FerpipeError(f"every must be 1 or more, got {every}")
+        if smooth_s < 0:
+            raise FerpipeError(f"smooth_s must be 0 or more, got {smooth_s}")
         capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
         if not capture.isOpened():
             raise ImageError(f"{path}: not a video OpenCV can read")
         fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+        step = 1 / fps if fps > 0 else 1 / 25  # a stream without a rate is timed as 25 fps
+        tracker = FaceTracker(window_s=smooth_s, max_missed_s=max(1.0, 2 * every * step))
         index = 0
         try:
             while True:
@@ -153,24 +179,42 @@ class EmotionRecognizer:
                 ok, frame = capture.read()
                 if not ok:
                     break
+                located, crops = self.crops(frame)
+                people, probs = tracker.update(index * step, [loc.detection.box for loc in located],
+                                               self.classifier.predict_proba(crops))
                 yield Frame(index, round(index / fps, 3) if fps > 0 else None,
-                            self.analyze(frame), frame)
+                            self._faces(located, probs, people), frame)
                 index += 1
         finally:
             capture.release()
         if index == 0:
             raise ImageError(f"{path}: no frames could be decoded")
 
+    def keras_model(self) -> Any:
+        """The Keras model Grad-CAM needs: the classifier's own, or the release's Keras twin
+        (model.keras beside model.onnx); needs the `tf` extra."""
+        from ferpipe.inference import KerasClassifier, OnnxClassifier, load_classifier
+
+        if isinstance(self.classifier, KerasClassifier):
+            return self.classifier.model
+        twin = Path(self.classifier.source).with_suffix(".keras")
+        if not isinstance(self.classifier, OnnxClassifier) or not twin.is_file():
+            raise ModelError(f"{self.classifier.source}: Grad-CAM needs the Keras model; pass "
+                             "model=PATH.keras")
+        if self._twin is None:
+            self._twin = load_classifier(str(twin))
+        return self._twin.model
+
     def explain(self, image: Any, channels: Channels = "BGR") -> list[Explanation]:
         """Grad-CAM maps for the same faces `analyze` finds, for their predicted emotion."""
         from ferpipe.explain import gradcam
 
         located, crops = self.crops(image, channels)
-        faces = self._faces(located, crops)
+        faces = self._faces(located, self.classifier.predict_proba(crops))
         if not faces:
             return []
         picked = np.array([self.classes.index(f.emotion) for f in faces])
-        maps = gradcam(self.classifier.model, crops, picked)
+        maps = gradcam(self.keras_model(), crops, picked)
         return [Explanation(f, c, m) for f, c, m in zip(faces, crops, maps)]
 
 
@@ -179,6 +223,7 @@ def video_summary(frames: Iterator[Frame], classes: list[str], every: int, fps: 
     """The JSON lines of `ferpipe predict` for a video: one per face (or {"faces": 0} for a
     frame without one), then {"summary": ...}. `total`: the container's frame count, if known."""
     counts = dict.fromkeys(classes, 0)
+    people: dict[int, dict] = {}
     analysed = faces = empty = 0
     start = time.perf_counter()
     last = -1
@@ -192,13 +237,20 @@ def video_summary(frames: Iterator[Frame], classes: list[str], every: int, fps: 
         for face in frame.faces:
             counts[face.emotion] += 1
             faces += 1
+            if face.person is not None:
+                seen = people.setdefault(face.person, {"first_s": frame.time_s, "frames": 0,
+                                                       "emotions": dict.fromkeys(classes, 0)})
+                seen["frames"] += 1
+                seen["last_s"] = frame.time_s
+                seen["emotions"][face.emotion] += 1
             yield {**stamp, **face.to_dict()}
         if on_frame is not None:
             on_frame(frame)
     elapsed = time.perf_counter() - start
     yield {"summary": {"frames": max(total, last + 1), "frames_analyzed": analysed, "every": every,
                        "video_fps": round(fps, 3), "faces": faces, "frames_without_face": empty,
-                       "emotions": counts, "seconds": round(elapsed, 3),
+                       "emotions": counts, "people": {str(k): v for k, v in people.items()},
+                       "seconds": round(elapsed, 3),
                        "fps": round(analysed / elapsed, 2) if elapsed > 0 else None}}
 
 
@@ -210,7 +262,7 @@ def draw(image: np.ndarray, faces: list[Face]) -> np.ndarray:
     thick = max(1, round(max(out.shape[:2]) / 400))
     for face in faces:
         x, y, w, h = face.box
-        label = f"{face.emotion} {face.score:.2f}"
+        label = f"{'' if face.person is None else f'P{face.person} '}{face.emotion} {face.score:.2f}"
         scale = max(0.4, w / 160)
         cv2.rectangle(out, (x, y), (x + w, y + h), (0, 220, 0), thick)
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)

@@ -27,7 +27,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
+    from ferpipe.errors import FerpipeError
+
+    try:
+        import fastapi  # noqa: F401
+        import multipart  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise FerpipeError("ferpipe demo needs its web server: pip install 'ferpipe[demo]'") from None
 
     from ferpipe.web.demo import create_app
 

@@ -16,7 +16,8 @@ from ferpipe.imageio import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 EXAMPLE = """examples:
   ferpipe predict photo.jpg                 # {"file": ..., "face": 0, "box": [x, y, w, h], "emotion": ..., "probabilities": {...}, "found": "detected"}
   ferpipe predict photos/ --annotate out/   # every image and video in the folder; copies with boxes in out/
-  ferpipe predict clip.mp4 --every 5        # every 5th frame; per-face lines with frame and time_s, then a summary
+  ferpipe predict clip.mp4 --every 5        # every 5th frame; per-face lines with frame, time_s and person, then a summary
+  ferpipe predict clip.mp4 --timeline out/  # out/clip.timeline.csv and .png: each person's emotions over time
   ferpipe predict crops/ --no-detect        # images that are already face crops
   ferpipe predict photo.jpg --model models:/fer-emotion@champion
 
@@ -38,6 +39,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_model_args(parser)
     parser.add_argument("--every", type=int, default=1, metavar="N",
                         help="video: analyse every Nth frame (default: 1, every frame)")
+    parser.add_argument("--smooth", type=float, default=0.5, metavar="SECONDS",
+                        help="video: average each person's emotions over this window (default 0.5; 0: off)")
+    parser.add_argument("--timeline", metavar="DIR", default=None,
+                        help="video: write DIR/<name>.timeline.csv (time, person, emotion, probabilities) "
+                             "and DIR/<name>.timeline.png (each person's emotions over the clip)")
     parser.add_argument("--annotate", metavar="DIR", default=None,
                         help="write copies with boxes and labels drawn into DIR (never over an input)")
     parser.set_defaults(func=run)
@@ -110,13 +116,16 @@ def do_image(path: Path, recognizer: Any, annotations: Annotations | None, root:
             tmp.write_bytes(data.tobytes())
 
 
-def do_video(path: Path, recognizer: Any, every: int, annotations: Annotations | None,
+def do_video(path: Path, recognizer: Any, args: argparse.Namespace, annotations: Annotations | None,
              root: Path | None) -> None:
     import cv2
 
     from ferpipe.cli.video import VideoOut, frame_count
     from ferpipe.recognizer import draw, video_summary
+    from ferpipe.timeline import Timeline
 
+    every = args.every
+    timeline = Timeline(recognizer.classes) if args.timeline else None
     capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     fps, total = capture.get(cv2.CAP_PROP_FPS) or 0.0, frame_count(capture)
     capture.release()
@@ -131,12 +140,18 @@ def do_video(path: Path, recognizer: Any, every: int, annotations: Annotations |
 
         def on_frame(frame: Any) -> None:
             bar.update(1)
+            if timeline is not None:
+                for face in frame.faces:
+                    timeline.add(frame.time_s or 0.0, frame.index, face.person, face.emotion,
+                                 face.probabilities)
             if out is not None:
                 out.write(draw(frame.image, frame.faces))
 
-        for item in video_summary(recognizer.analyze_video(path, every), recognizer.classes,
+        for item in video_summary(recognizer.analyze_video(path, every, args.smooth), recognizer.classes,
                                   every, fps, on_frame, total):
             emit({"file": str(path), **item})
+    if timeline is not None:
+        timeline.write(Path(args.timeline), path.stem)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.every < 1:
         raise FerpipeError(f"--every must be 1 or more, got {args.every}")
+    if args.smooth < 0:
+        raise FerpipeError(f"--smooth must be 0 or more, got {args.smooth}")
     annotations = Annotations(args.annotate, args.paths) if args.annotate else None
     recognizer = recognizer_from(args)
     failed = 0
@@ -158,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
             if image_format(head):  # an image, even a damaged one, is never tried as a video
                 do_image(path, recognizer, annotations, root)
             elif path.suffix.lower() in VIDEO_SUFFIXES or is_video(path):
-                do_video(path, recognizer, args.every, annotations, root)
+                do_video(path, recognizer, args, annotations, root)
             elif len(head) == 0:
                 raise FerpipeError(f"{path}: empty file (0 bytes)")
             else:

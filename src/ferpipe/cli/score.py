@@ -53,7 +53,7 @@ def iter_faces(root: Path, recognizer: Any, split: str | None, detect: bool, ski
             unread.append(Skipped(name, "undecodable", str(err).split(": ", 1)[-1]))
             continue
         if detect:
-            located = [box for box, found in recognizer.locate(gray)]
+            located = [loc.detection.box for loc in recognizer.locate(gray)]
             if not located:
                 skipped["no_face"] += 1
                 continue

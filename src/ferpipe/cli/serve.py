@@ -7,7 +7,6 @@ too big is a 413, a picture over the pixel limit or with a broken header a 400 n
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "'image' (a photo, base64) or 'face' (a 48x48 gray grid); GET /ping.",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None,
-                        help="a .keras file or models:/NAME@ALIAS (default: the released model)")
+                        help="a .onnx or .keras file, or models:/NAME@ALIAS (default: the released model)")
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=5001, help="port (default 5001)")
     parser.add_argument("--max-request-mb", type=float, default=MAX_REQUEST_MB,
@@ -41,7 +40,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def pyfunc_folder(model: str | None, dest: Path) -> Path:
+def pyfunc_folder(model: str | None, dest: Path, max_pixels: int) -> Path:
     """Save the pyfunc of `model` (the release by default) under `dest`; a `models:/` URI is
     downloaded as registered."""
     import mlflow
@@ -55,7 +54,7 @@ def pyfunc_folder(model: str | None, dest: Path) -> Path:
     from ferpipe.web.pyfunc import save_pyfunc
 
     classifier = load_classifier(model)  # a bad path fails here, in one line
-    return save_pyfunc(classifier.source, classifier.classes, dest / "model")
+    return save_pyfunc(classifier.source, classifier.classes, dest / "model", max_pixels=max_pixels)
 
 
 def limit_body(app: Any, max_bytes: int) -> Any:
@@ -105,14 +104,20 @@ class _TooLarge(Exception):
 def run(args: argparse.Namespace) -> int:
     if args.max_request_mb <= 0 or args.max_megapixels <= 0:
         raise FerpipeError("--max-request-mb and --max-megapixels must be > 0")
-    os.environ["FERPIPE_MAX_PIXELS"] = str(int(args.max_megapixels * 1e6))  # read by the pyfunc
-    import uvicorn
+    try:
+        import mlflow  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise FerpipeError("ferpipe serve needs MLflow's server: pip install 'ferpipe[serve]'") from None
     from mlflow.pyfunc import load_model
     from mlflow.pyfunc.scoring_server import init
 
     with tempfile.TemporaryDirectory(prefix="ferpipe-serve-") as tmp:
-        folder = pyfunc_folder(args.model, Path(tmp))
-        app = limit_body(init(load_model(str(folder))), int(args.max_request_mb * 1e6))
+        max_pixels = int(args.max_megapixels * 1e6)
+        folder = pyfunc_folder(args.model, Path(tmp), max_pixels)
+        # A registered model carries its own model_config; the flag's limit overrides it.
+        app = limit_body(init(load_model(str(folder), model_config={"max_pixels": max_pixels})),
+                         int(args.max_request_mb * 1e6))
         print(f"ferpipe serve: http://{args.host}:{args.port}/invocations  (model: "
               f"{args.model or 'release'}; Ctrl-C stops it)", flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

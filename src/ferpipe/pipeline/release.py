@@ -14,10 +14,12 @@ from ferpipe.pipeline.params import ReleaseConfig
 
 
 def export(model_path: Path, out_dir: Path, x_test: np.ndarray, y_test: np.ndarray,
-           cfg: ReleaseConfig, tta: str = "none") -> dict:
-    """Save the model (with its test-time variant built in) and a few test images with its
-    probabilities (a check for users)."""
+           cfg: ReleaseConfig, classes: list[str], parity_faces: np.ndarray, tta: str = "none") -> dict:
+    """Save the model (with its test-time variant built in) as .keras and as .onnx, refuse the
+    release if the two disagree on `parity_faces` (every test face), and save a few test images
+    with their probabilities (a check for users)."""
     from ferpipe.pipeline.models import with_flip_tta
+    from ferpipe.pipeline.onnx_export import check_parity, parity, to_onnx
 
     model = keras.models.load_model(model_path)
     model = with_flip_tta(model) if tta == "flip" else model
@@ -31,6 +33,13 @@ def export(model_path: Path, out_dir: Path, x_test: np.ndarray, y_test: np.ndarr
         release_path.unlink()
         raise PipelineError(f"{model_path}: released file would be {megabytes:.1f} MB, over "
                          f"release.max_megabytes={cfg.max_megabytes}")
+    onnx_path = to_onnx(model, classes, out_dir / "model.onnx")
+    agreement = parity(model, onnx_path, parity_faces)
+    try:
+        check_parity(agreement, cfg.onnx_max_abs_diff, str(model_path))
+    except PipelineError:
+        onnx_path.unlink()
+        raise
     samples = x_test[: cfg.sample_images]
     probs = keras.models.load_model(release_path)(samples[..., None].astype("float32")).numpy()
     write_npz(out_dir / "samples.npz", x=samples, y=y_test[: cfg.sample_images], probs=probs)
@@ -39,7 +48,8 @@ def export(model_path: Path, out_dir: Path, x_test: np.ndarray, y_test: np.ndarr
     ok, png = cv2.imencode(".png", samples[0])  # the card's example face
     with atomic_path(out_dir / "sample_face.png") as tmp:
         tmp.write_bytes(png.tobytes())
-    return {"file": str(release_path), "megabytes": round(megabytes, 2), "params": model.count_params()}
+    return {"file": str(release_path), "megabytes": round(megabytes, 2), "params": model.count_params(),
+            "onnx_megabytes": round(onnx_path.stat().st_size / 1e6, 2), **agreement}
 
 
 def _front_matter(name: str, evaluation: dict) -> str:
@@ -85,7 +95,7 @@ def model_card(name: str, classes: list[str], evaluation: dict, exported: dict, 
                params: dict, commit: str, dirty: bool, latency_ms: float) -> tuple[str, dict]:
     """The card as Markdown (Hugging Face format: YAML front matter) and as its JSON twin."""
     card = {
-        "model": name, "file": "model.keras", "classes": classes,
+        "model": name, "file": "model.onnx", "keras_file": "model.keras", "classes": classes,
         "input": "float32 or uint8 array [batch, 48, 48, 1] of raw grayscale pixels 0..255; "
                  "scaling and any resizing happen inside the model",
         "output": f"float32 [batch, {len(classes)}] class probabilities in the order of 'classes'",
@@ -93,6 +103,8 @@ def model_card(name: str, classes: list[str], evaluation: dict, exported: dict, 
                      "trained models",
         "sources": evaluation["sources"], "validation": evaluation["val"], "test": evaluation["test"],
         "latency_ms_single_image_cpu": latency_ms, "params": exported["params"],
+        "onnx_parity": {k: exported[k] for k in ("onnx_max_abs_diff", "onnx_changed_predictions",
+                                                 "onnx_faces")},
         "megabytes": exported["megabytes"], "data_version": data, "training_params": params,
         "git_commit": commit, "git_dirty": dirty,
         "training_data": "; ".join(SOURCE_NOTES.get(s, s) for s in evaluation["sources"])
@@ -130,13 +142,16 @@ faces = EmotionRecognizer().analyze("photo.jpg")    # or bytes, an array, a PIL 
 print(faces[0].emotion, faces[0].probabilities)
 ```
 
-The model file alone (a real test face is in `sample_face.png` beside it):
+The model file alone (a real test face is in `sample_face.png` beside it), on ONNX Runtime;
+`model.keras` is the same model for Keras (largest probability difference on the
+{exported['onnx_faces']:,} test faces: {exported['onnx_max_abs_diff']:.1e}, changed predictions:
+{exported['onnx_changed_predictions']}):
 
 ```python
-import cv2, keras
-model = keras.models.load_model("model.keras")
+import cv2, onnxruntime
+session = onnxruntime.InferenceSession("model.onnx")
 face = cv2.imread("sample_face.png", cv2.IMREAD_GRAYSCALE)     # 48x48 gray, 0..255
-probs = model(face[None, :, :, None].astype("float32")).numpy()[0]
+probs = session.run(None, {{"faces": face[None, :, :, None].astype("float32")}})[0][0]
 ```
 
 ## Preprocessing contract

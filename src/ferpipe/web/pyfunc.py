@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,8 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from ferpipe.errors import FerpipeError
 
 IMAGE_PX = 48
-# Pixels a photo may have (ferpipe serve --max-pixels sets it through the environment).
-MAX_PIXELS = int(float(os.environ.get("FERPIPE_MAX_PIXELS", "25e6")))
+# Pixels a photo may have: the pyfunc's model_config "max_pixels" (ferpipe serve --max-megapixels).
+MAX_PIXELS = 25_000_000
 COLUMNS = ("image", "face")
 
 
@@ -65,7 +64,7 @@ def _face_array(value: Any, row: int, px: int = IMAGE_PX) -> np.ndarray:
     return face.astype(np.uint8)
 
 
-def _decode_image(value: Any, row: int) -> np.ndarray:
+def _decode_image(value: Any, row: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """A BGR image from photo bytes, or from base64 text (str, or bytes where MLflow's `inputs`
     form leaves the text undecoded)."""
     from ferpipe.imageio import image_format, load_image
@@ -86,7 +85,7 @@ def _decode_image(value: Any, row: int) -> np.ndarray:
         raise bad_input(f"row {row}: 'image' ({len(value)} bytes) does not decode as an image; "
                         "send a JPEG, PNG, BMP, GIF, TIFF or WebP file, base64-encoded")
     try:
-        return load_image(raw, max_pixels=MAX_PIXELS)
+        return load_image(raw, max_pixels=max_pixels)
     except FerpipeError as err:  # over the pixel limit, a broken header, a damaged image
         raise bad_input(f"row {row}: 'image': {str(err).split(': ', 1)[-1]}") from None
 
@@ -107,18 +106,24 @@ def _rows(model_input: Any) -> list[dict]:
 
 
 class FerEmotionModel(mlflow.pyfunc.PythonModel):
-    """The pyfunc: artifacts `keras_model` (a .keras file) and `classes` (a JSON list)."""
+    """The pyfunc: artifact `onnx_model` (the release's model.onnx, run by ONNX Runtime), or
+    `keras_model` (a .keras file) with `classes` (a JSON list); model_config `max_pixels`."""
 
     def load_context(self, context: Any) -> None:
-        import keras
-
-        from ferpipe.inference import Classifier
+        from ferpipe.inference import KerasClassifier, OnnxClassifier, import_tf
         from ferpipe.recognizer import EmotionRecognizer
 
-        path = context.artifacts["keras_model"]
-        classes = json.loads(Path(context.artifacts["classes"]).read_text())
-        self.classifier = Classifier(keras.models.load_model(path, compile=False), classes, path)
-        self.recognizer = EmotionRecognizer(self.classifier)
+        if "onnx_model" in context.artifacts:
+            self.classifier = OnnxClassifier(context.artifacts["onnx_model"])
+        else:
+            import_tf(context.artifacts["keras_model"])
+            import keras
+
+            path = context.artifacts["keras_model"]
+            classes = json.loads(Path(context.artifacts["classes"]).read_text())
+            self.classifier = KerasClassifier(keras.models.load_model(path, compile=False), classes, path)
+        self.max_pixels = int((context.model_config or {}).get("max_pixels", MAX_PIXELS))
+        self.recognizer = EmotionRecognizer(self.classifier, max_pixels=self.max_pixels)
 
     # No type hints here: MLflow would try to derive the signature from them.
     def predict(self, context, model_input, params=None):
@@ -134,7 +139,7 @@ class FerEmotionModel(mlflow.pyfunc.PythonModel):
             if _is_missing(image):
                 faces[i] = _face_array(face, i, self.classifier.image_px)
             else:
-                photos[i] = _decode_image(image, i)
+                photos[i] = _decode_image(image, i, self.max_pixels)
         if faces and photos:
             raise bad_input(f"rows {min(faces)} and {min(photos)}: a batch holds either 'face' rows "
                             "or 'image' rows, not both; send them in two requests")
@@ -162,40 +167,51 @@ def example_input(face: np.ndarray | None = None) -> Any:
     return pd.DataFrame({"image": [png.tobytes()]})
 
 
-def _pyfunc_spec(keras_model: str | Path | Any, classes: list[str], tmp: Path,
-                 example_face: np.ndarray | None) -> dict:
-    """The arguments of mlflow.pyfunc.log_model / save_model for the pyfunc of `keras_model`."""
-    import keras
+def _pyfunc_spec(model: str | Path | Any, classes: list[str], tmp: Path,
+                 example_face: np.ndarray | None, max_pixels: int = MAX_PIXELS) -> dict:
+    """The arguments of mlflow.pyfunc.log_model / save_model for the pyfunc of `model`: a
+    .onnx file (served on ONNX Runtime), a .keras file or a Keras model."""
     import pandas as pd
-    import tensorflow as tf
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.pyfunc import PythonModelContext
 
-    if isinstance(keras_model, keras.Model):
-        from ferpipe.modelio import save_model
+    if isinstance(model, str | Path) and Path(model).suffix == ".onnx":
+        import onnxruntime
 
-        path = tmp / "model.keras"
-        save_model(keras_model, path)
+        artifacts = {"onnx_model": str(model)}
+        requirements = [f"onnxruntime=={onnxruntime.__version__}"]
     else:
-        path = Path(keras_model)
-        if not path.is_file():
+        import keras
+        import tensorflow as tf
+
+        if isinstance(model, keras.Model):
+            from ferpipe.modelio import save_model
+
+            path = tmp / "model.keras"
+            save_model(model, path)
+        else:
+            path = Path(model)
+        classes_path = tmp / "classes.json"
+        classes_path.write_text(json.dumps(list(classes)))
+        artifacts = {"keras_model": str(path), "classes": str(classes_path)}
+        requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
+    for path in artifacts.values():
+        if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such model file")
-    classes_path = tmp / "classes.json"
-    classes_path.write_text(json.dumps(list(classes)))
-    artifacts = {"keras_model": str(path), "classes": str(classes_path)}
+    config = {"max_pixels": int(max_pixels)}
     probe = FerEmotionModel()
-    probe.load_context(PythonModelContext(artifacts=artifacts, model_config=None))
+    probe.load_context(PythonModelContext(artifacts=artifacts, model_config=config))
     px = probe.classifier.image_px
     face_row = pd.DataFrame({"face": [np.full((px, px), 128).tolist()]})
     output = infer_signature(None, probe.predict(None, face_row)).outputs
-    return dict(python_model=FerEmotionModel(), artifacts=artifacts,
+    return dict(python_model=FerEmotionModel(), artifacts=artifacts, model_config=config,
                 signature=ModelSignature(inputs=input_schema(), outputs=output),
                 input_example=example_input(example_face),
                 # the core and this module, so it serves without ferpipe installed
                 code_paths=[str(Path(__file__).resolve().parents[1])],
-                pip_requirements=[f"mlflow=={mlflow.__version__}", f"tensorflow=={tf.__version__}",
-                                  f"keras=={keras.__version__}", "opencv-python-headless<5",
-                                  f"numpy=={np.__version__}", "pandas", "pyyaml"])
+                pip_requirements=[f"mlflow=={mlflow.__version__}", *requirements,
+                                  "opencv-python-headless<5", f"numpy=={np.__version__}", "pandas",
+                                  "pillow"])
 
 
 def log_pyfunc(keras_model: str | Path | Any, classes: list[str], name: str = "model",
@@ -210,9 +226,10 @@ def log_pyfunc(keras_model: str | Path | Any, classes: list[str], name: str = "m
                                                                   example_face))
 
 
-def save_pyfunc(keras_model: str | Path | Any, classes: list[str], dest: Path,
-                example_face: np.ndarray | None = None) -> Path:
+def save_pyfunc(model: str | Path | Any, classes: list[str], dest: Path,
+                example_face: np.ndarray | None = None, max_pixels: int = MAX_PIXELS) -> Path:
     """The same pyfunc saved to the folder `dest` (for `ferpipe serve` without a registry)."""
     with tempfile.TemporaryDirectory() as tmp:
-        mlflow.pyfunc.save_model(str(dest), **_pyfunc_spec(keras_model, classes, Path(tmp), example_face))
+        mlflow.pyfunc.save_model(str(dest), **_pyfunc_spec(model, classes, Path(tmp), example_face,
+                                                           max_pixels))
     return dest
