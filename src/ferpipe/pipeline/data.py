@@ -61,8 +61,13 @@ class PrepareConfig:
     # A regular expression over each file's stem whose first group names its group (a person):
     # then val and test are drawn by group, stratified by class, so no group is in two splits.
     group_pattern: str = ""
+    # "center": the centred square of each image (face crops); "detect": the face found by the
+    # core's detector and cut by its crop function, as at use (faces with context around them).
+    framing: str = "center"
 
     def validate(self) -> None:
+        if self.framing not in ("center", "detect"):
+            raise ValueError(f"framing must be 'center' or 'detect', got {self.framing!r}")
         if not self.source.strip():
             raise ValueError("source must name a zip archive or a folder, got ''")
         if self.group_pattern:
@@ -99,6 +104,7 @@ class SourceSpec:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     group_pattern: str = ""
+    framing: str = "center"
 
 
 @dataclass
@@ -168,7 +174,13 @@ def load_samples(cfg: PrepareConfig, report: dict) -> list[Sample]:
                                       disable=None, mininterval=0.5):
         seen_classes[cls] += 1
         try:
-            pixels = decode(raw, cfg.image_px, max_pixels=limits.image_pixels)
+            if cfg.framing == "detect":
+                from ferpipe.pipeline.framing import detect_and_crop
+
+                pixels, detected = detect_and_crop(raw, cfg.image_px, limits.image_pixels)
+                report["framing"]["detected" if detected else "centre_half"] += 1
+            else:
+                pixels = decode(raw, cfg.image_px, max_pixels=limits.image_pixels)
         except EntryError as err:
             if not cfg.skip_corrupt:
                 raise err.at(f"{cfg.source}: {kind} {name!r}") from None
@@ -271,6 +283,7 @@ def prepare(cfg: PrepareConfig, out_dir: Path, report_path: Path) -> dict:
                       "kept and counts cover the chosen classes",
               "duplicate_groups": 0,
               "conflicting_label_groups": 0,
+              "framing": {"mode": cfg.framing, "detected": 0, "centre_half": 0},
               "dropped": Counter(dict.fromkeys(DROP_REASONS, 0))}
     wanted = [c.lower() for c in cfg.classes]
     samples = [s for s in deduplicate(load_samples(cfg, report), report) if s.label in wanted]
