@@ -1,7 +1,7 @@
 """Which mix of sources (and augmentation) a fine-tune should use, judged on each source's
 validation split; one MLflow run per variant (experiment `finetune-levers`).
 
-    nice uv run python bench/finetune_levers.py [VARIANT ...]      # after `dvc repro tune`
+    nice uv run python bench/finetune_levers.py [--base MODEL.keras] [VARIANT ...]   # after `dvc repro tune`
 
 Every variant starts from params `finetune.base` and changes only what its entry says; the
 table printed at the end (and logs/finetune_levers.jsonl) is the evidence for params `finetune`.
@@ -44,6 +44,11 @@ VARIANTS = {
     "all_x2_ema0.99_5ep": {"mix": {"fer2013": {}, "real": {"repeat": 2}}, "ema_momentum": 0.99,
                            "epochs": 5},
     "all_5ep": {"mix": {"fer2013": {}, "real": {}}, "epochs": 5},
+    # From the release (--base models/release/model.keras), as the everyday-photos probe did:
+    # a control without expw, and expw in the mix.
+    "all_x2_again": {"mix": {"fer2013": {}, "real": {"repeat": 2}}},
+    "all_x2_expw_x2": {"mix": {"fer2013": {}, "real": {"repeat": 2}, "expw": {"repeat": 2}}},
+    "all_x2_expw_x4": {"mix": {"fer2013": {}, "real": {"repeat": 2}, "expw": {"repeat": 4}}},
     "cap800_zoom_5ep": {"mix": {"fer2013": {}, "real": {"per_class_cap": 800}}, "random_zoom": 0.15,
                         "epochs": 5},
 }
@@ -58,10 +63,14 @@ def main() -> None:
 
     base_cfg = load_section("finetune", FinetuneConfig)
     train_cfg = load_section("train", TrainConfig)
-    names = sys.argv[1:] or list(VARIANTS)
+    args = sys.argv[1:]
+    base = Path("models/trained") / base_cfg.base / "model.keras"
+    if args[:1] == ["--base"]:  # another starting model, e.g. the release
+        base, args = Path(args[1]), args[2:]
+    names = args or list(VARIANTS)
+    sources = sorted(p.parent.name for p in PREPARED.glob("*/val.npz"))
     use_tracking()
     mlflow.set_experiment("finetune-levers")
-    base = Path("models/trained") / base_cfg.base / "model.keras"
     out = Path("logs/finetune_levers.jsonl")
     out.parent.mkdir(exist_ok=True)
     for name in names:
@@ -72,10 +81,10 @@ def main() -> None:
                         f"variant {name}")
         set_determinism(train_cfg.seed, train_cfg.mixed_precision)
         start = time.perf_counter()
-        with mlflow.start_run(run_name=name, tags={"bench": "finetune_levers", "base_model": base_cfg.base}):
+        with mlflow.start_run(run_name=name, tags={"bench": "finetune_levers", "base_model": str(base)}):
             mlflow.log_params(flatten({"finetune": {**dataclasses.asdict(cfg)}}))
             model, result, drawn = finetune(cfg, train_cfg, PREPARED, base, name)
-            scores = per_source_val(model, PREPARED, ["fer2013", "real"], 256)
+            scores = per_source_val(model, PREPARED, sources, 256)
             mlflow.log_metrics({f"val_{s}_{k}": v for s, part in scores.items() for k, v in part.items()})
         row = {"variant": name, "val": scores, "drawn": drawn, "epochs_run": result["epochs_run"],
                "best_epoch": result["best_epoch"], "minutes": round((time.perf_counter() - start) / 60, 1)}
