@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import struct
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,29 +35,22 @@ def image_format(data: bytes) -> str | None:
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG, GIF, BMP or JPEG header without decoding, else None."""
-    kind = image_format(data)
+    """(width, height) from the header of any format Pillow opens (it reads the size without
+    decoding pixels), or None for bytes it cannot size."""
+    import io
+    import warnings
+
+    from PIL import Image
+
     try:
-        if kind == "PNG" and data[12:16] == b"IHDR":
-            return struct.unpack(">II", data[16:24])
-        if kind == "GIF":
-            return struct.unpack("<HH", data[6:10])
-        if kind == "BMP":
-            width, height = struct.unpack("<ii", data[18:26])
-            return abs(width), abs(height)
-        if kind == "JPEG":
-            i = 2
-            while i + 9 < len(data):
-                if data[i] != 0xFF:
-                    return None
-                marker, length = data[i + 1], struct.unpack(">H", data[i + 2:i + 4])[0]
-                if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                    height, width = struct.unpack(">HH", data[i + 5:i + 9])
-                    return width, height
-                i += 2 + length
-    except struct.error:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its bomb warning: the caller applies its own limit
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+    except Image.DecompressionBombError:
+        return (1 << 16, 1 << 16)  # over twice Pillow's own limit: over any limit of ours too
+    except Exception:  # any format Pillow cannot parse; the caller refuses it
         return None
-    return None
 
 
 def _quiet_opencv() -> None:
@@ -78,7 +70,11 @@ def decode_bytes(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS)
     if len(data) == 0:
         raise ImageError(f"{name}: empty file (0 bytes)")
     size = header_size(data)
-    if size and size[0] * size[1] > max_pixels:
+    kind = image_format(data)
+    if size is None:  # what the decoder might still read, the limit could not be checked on
+        raise ImageError(f"{name}: damaged {kind} image" if kind else
+                         f"{name}: not an image (JPEG, PNG, BMP, GIF, TIFF or WebP)")
+    if size[0] * size[1] > max_pixels:
         raise ImageError(f"{name}: image is {size[0]}x{size[1]} pixels, over the limit of "
                          f"{max_pixels / 1e6:g} megapixels")
     try:
@@ -92,13 +88,26 @@ def decode_bytes(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS)
     return image
 
 
+def channel_order(channels: str) -> Channels:
+    """'BGR' or 'RGB' (either case); anything else is an ImageError naming it."""
+    order = str(channels).upper()
+    if order not in ("BGR", "RGB"):
+        raise ImageError(f"channels={channels!r}: expected 'BGR' (as OpenCV reads) or 'RGB' (as PIL does)")
+    return order  # type: ignore[return-value]
+
+
 def _from_array(array: np.ndarray, channels: Channels, name: str) -> np.ndarray:
     import cv2
 
+    channels = channel_order(channels)
     image = np.asarray(array)
+    if image.size == 0:
+        raise ImageError(f"{name}: empty array (shape {list(image.shape)})")
     if image.dtype != np.uint8:
-        if image.dtype.kind not in "uif" or image.size == 0:
+        if image.dtype.kind not in "uif":
             raise ImageError(f"{name}: expected an image array of numbers, got dtype {image.dtype}")
+        if image.dtype.kind == "f" and not np.isfinite(image).all():
+            raise ImageError(f"{name}: the array holds NaN or infinite values")
         scale = 1 / 257 if image.dtype == np.uint16 else 1.0
         if image.dtype.kind == "f" and np.nanmax(image) <= 1.0:
             scale = 255.0  # a float image in 0..1

@@ -226,8 +226,9 @@ def load_classifier(ref: str | None = None) -> Classifier:
         return OnnxClassifier(path)
     if path.is_dir() or path.suffix not in (".keras", ".h5"):
         raise ModelError(f"{path}: not a .onnx or .keras model file")
+    import_tf(str(path))
+    model = load_keras(path)
     classes = _card_classes(path)
     if not classes:
         raise ModelError(f"{path}: no class names: put a model_card.json with 'classes' beside it")
-    import_tf(str(path))
-    return KerasClassifier(load_keras(path), classes, str(path))
+    return KerasClassifier(model, classes, str(path))

@@ -16,13 +16,15 @@ import numpy as np
 
 from ferpipe.detect import LANDMARKS, MIN_FACE_PX, Detection, find_faces, resolve
 from ferpipe.errors import FerpipeError, ModelError
-from ferpipe.imageio import MAX_PIXELS, Channels, ImageError, load_image, to_gray
+from ferpipe.imageio import MAX_PIXELS, Channels, ImageError, channel_order, load_image, to_gray
 from ferpipe.inference import Classifier, crop_face, load_classifier
 
 Box = tuple[int, int, int, int]
 # With no face found, a near-square picture is taken as a face crop (a photo that is already a
 # face: the detector sees no surround to find it in). Wider or taller pictures give no face.
 WHOLE_IMAGE_MAX_ASPECT = 1.25
+# A picture this flat (gray-level standard deviation) is no face: prepare.blank_std_threshold.
+BLANK_STD = 2.0
 
 
 class Located(NamedTuple):
@@ -109,8 +111,18 @@ class EmotionRecognizer:
                 f"classes={self.classes})")
 
     def read(self, image: Any, channels: Channels = "BGR") -> np.ndarray:
-        """The picture as BGR uint8 [H, W, 3], as every method reads it."""
-        return load_image(image, channels, self.max_pixels)
+        """The picture as BGR uint8 [H, W, 3], as every method reads it; a picture too small
+        to hold a face of `min_face` pixels is an ImageError."""
+        picture = load_image(image, channel_order(channels), self.max_pixels)
+        height, width = picture.shape[:2]
+        if self.detect and min(height, width) < self.min_face:
+            raise ImageError(f"{self._name(image)}: {width}x{height} pixels is too small to hold a "
+                             f"face of min_face={self.min_face} pixels")
+        return picture
+
+    @staticmethod
+    def _name(image: Any) -> str:
+        return str(image) if isinstance(image, str | Path) and not str(image).startswith("data:") else "image"
 
     def locate(self, gray: np.ndarray) -> list[Located]:
         """Each face in a gray picture: its detection and how it was found."""
@@ -122,7 +134,9 @@ class EmotionRecognizer:
         found = find_faces(gray, self.detector, self.min_face)
         if found:
             return [Located(d, "detected") for d in found]
-        if self.whole_image and max(height, width) <= WHOLE_IMAGE_MAX_ASPECT * side:
+        # A near-square picture may be a face crop, but not one of a single flat colour.
+        if (self.whole_image and max(height, width) <= WHOLE_IMAGE_MAX_ASPECT * side
+                and float(gray[::max(1, side // 256), ::max(1, side // 256)].std()) >= BLANK_STD):
             return [Located(whole, "whole_image")]
         return []
 

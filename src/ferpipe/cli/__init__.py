@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         "videos and say which emotion each shows; score the model on labelled images.",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    from ferpipe import __version__
+
+    parser.add_argument("--version", action="version", version=f"ferpipe {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(name).add_parser(subparsers)

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         import fastapi  # noqa: F401
-        import multipart  # noqa: F401
+        import python_multipart  # noqa: F401
         import uvicorn
     except ImportError:
         raise FerpipeError("ferpipe demo needs its web server: pip install 'ferpipe[demo]'") from None

@@ -180,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
                 raise FerpipeError(f"{path}: empty file (0 bytes)")
             else:
                 raise FerpipeError(f"{path}: not an image or a video OpenCV can read")
+        except BrokenPipeError:  # `| head`: the reader is gone; stop, as main() says, quietly
+            raise
         except (OSError, FerpipeError) as err:  # a bug elsewhere keeps its traceback
             report(err)
             failed += 1

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from ferpipe.errors import FerpipeError
+from ferpipe.web.limits import MAX_PIXELS, MAX_REQUEST_PIXELS, MAX_ROWS, MAX_SECONDS
 
 MAX_REQUEST_MB = 20.0
-MAX_MEGAPIXELS = 25.0
+MAX_MEGAPIXELS = MAX_PIXELS / 1e6
 EXAMPLE = """examples:
   ferpipe serve                                     # the release on http://127.0.0.1:5001
   ferpipe serve --model models:/fer-emotion@champion --port 5002
@@ -36,6 +37,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help=f"largest request body in MB; bigger is a 413 (default {MAX_REQUEST_MB:g})")
     parser.add_argument("--max-megapixels", type=float, default=MAX_MEGAPIXELS,
                         help=f"largest photo in megapixels; bigger is a 400 (default {MAX_MEGAPIXELS:g})")
+    parser.add_argument("--max-rows", type=int, default=MAX_ROWS,
+                        help=f"most rows a request (default {MAX_ROWS}); more is a 429")
+    parser.add_argument("--max-request-megapixels", type=float, default=MAX_REQUEST_PIXELS / 1e6,
+                        help=f"most photo pixels a request, all rows together (default "
+                             f"{MAX_REQUEST_PIXELS / 1e6:g}); more is a 429")
+    parser.add_argument("--max-request-seconds", type=float, default=MAX_SECONDS,
+                        help=f"work a request may take; past it the work stops with a 504 (default {MAX_SECONDS:g})")
     parser.set_defaults(func=run)
     return parser
 
@@ -93,6 +101,14 @@ def limit_body(app: Any, max_bytes: int) -> Any:
             return await app(scope, counted, send)
         except _TooLarge:
             return await too_big(scope, receive, send)
+        except BaseExceptionGroup as group:  # a chunked body: the guard's error arrives wrapped
+            if group.subgroup(_TooLarge) is None:
+                raise
+            return await too_big(scope, receive, send)
+        except RecursionError:  # JSON nested deeper than Python's parser goes
+            return await JSONResponse({"error_code": "BAD_REQUEST", "message":
+                                       "request body is nested too deeply to parse"},
+                                      status_code=400)(scope, receive, send)
 
     return guarded
 
@@ -102,8 +118,10 @@ class _TooLarge(Exception):
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.max_request_mb <= 0 or args.max_megapixels <= 0:
-        raise FerpipeError("--max-request-mb and --max-megapixels must be > 0")
+    for flag in ("max_request_mb", "max_megapixels", "max_rows", "max_request_megapixels",
+                 "max_request_seconds"):
+        if getattr(args, flag) <= 0:
+            raise FerpipeError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
     try:
         import mlflow  # noqa: F401
         import uvicorn
@@ -115,9 +133,11 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="ferpipe-serve-") as tmp:
         max_pixels = int(args.max_megapixels * 1e6)
         folder = pyfunc_folder(args.model, Path(tmp), max_pixels)
-        # A registered model carries its own model_config; the flag's limit overrides it.
-        app = limit_body(init(load_model(str(folder), model_config={"max_pixels": max_pixels})),
-                         int(args.max_request_mb * 1e6))
+        # A registered model carries its own model_config; the flags override it.
+        config = {"max_pixels": max_pixels, "max_rows": args.max_rows,
+                  "max_request_pixels": int(args.max_request_megapixels * 1e6),
+                  "max_seconds": args.max_request_seconds}
+        app = limit_body(init(load_model(str(folder), model_config=config)), int(args.max_request_mb * 1e6))
         print(f"ferpipe serve: http://{args.host}:{args.port}/invocations  (model: "
               f"{args.model or 'release'}; Ctrl-C stops it)", flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -33,6 +33,9 @@ class VideoOut(contextlib.AbstractContextManager):
         import cv2
 
         if self._writer is None:
+            from ferpipe.imageio import _quiet_opencv
+
+            _quiet_opencv()  # FFmpeg's "tag 0x30395056/'VP90' is not supported" line on every video
             height, width = frame.shape[:2]
             self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*FOURCC),
                                            self.fps, (width, height))

@@ -25,16 +25,20 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from ferpipe.errors import FerpipeError
+from ferpipe.web.limits import MAX_PIXELS, MAX_REQUEST_PIXELS, MAX_ROWS, MAX_SECONDS
 
 IMAGE_PX = 48
-# Pixels a photo may have: the pyfunc's model_config "max_pixels" (ferpipe serve --max-megapixels).
-MAX_PIXELS = 25_000_000
 COLUMNS = ("image", "face")
 
 
-def bad_input(message: str) -> MlflowException:
-    """An error the scoring server answers with 400 and this message."""
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+MAX_MESSAGE = 300  # an error never echoes more of the input than this
+
+
+def bad_input(message: str, code: int = INVALID_PARAMETER_VALUE) -> MlflowException:
+    """An error the scoring server answers with 400 (or `code`'s status) and this message."""
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE] + f"... ({len(message)} characters)"
+    return MlflowException(message, error_code=code)
 
 
 def input_schema() -> Any:
@@ -64,10 +68,10 @@ def _face_array(value: Any, row: int, px: int = IMAGE_PX) -> np.ndarray:
     return face.astype(np.uint8)
 
 
-def _decode_image(value: Any, row: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """A BGR image from photo bytes, or from base64 text (str, or bytes where MLflow's `inputs`
-    form leaves the text undecoded)."""
-    from ferpipe.imageio import image_format, load_image
+def _photo_bytes(value: Any, row: int) -> bytes:
+    """A photo's encoded bytes, from the bytes themselves or from base64 text (str, or bytes
+    where MLflow's `inputs` form leaves the text undecoded)."""
+    from ferpipe.imageio import image_format
 
     if isinstance(value, str):
         value = value.encode("ascii", errors="replace")
@@ -84,6 +88,13 @@ def _decode_image(value: Any, row: int, max_pixels: int = MAX_PIXELS) -> np.ndar
     if not image_format(raw):
         raise bad_input(f"row {row}: 'image' ({len(value)} bytes) does not decode as an image; "
                         "send a JPEG, PNG, BMP, GIF, TIFF or WebP file, base64-encoded")
+    return raw
+
+
+def _decode_image(raw: bytes, row: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A BGR image from a photo's bytes; what cannot be read is a 400 naming the row."""
+    from ferpipe.imageio import load_image
+
     try:
         return load_image(raw, max_pixels=max_pixels)
     except FerpipeError as err:  # over the pixel limit, a broken header, a damaged image
@@ -122,16 +133,30 @@ class FerEmotionModel(mlflow.pyfunc.PythonModel):
             path = context.artifacts["keras_model"]
             classes = json.loads(Path(context.artifacts["classes"]).read_text())
             self.classifier = KerasClassifier(keras.models.load_model(path, compile=False), classes, path)
-        self.max_pixels = int((context.model_config or {}).get("max_pixels", MAX_PIXELS))
+        config = context.model_config or {}
+        self.max_pixels = int(config.get("max_pixels", MAX_PIXELS))
+        self.max_rows = int(config.get("max_rows", MAX_ROWS))
+        self.max_request_pixels = int(config.get("max_request_pixels", MAX_REQUEST_PIXELS))
+        self.max_seconds = float(config.get("max_seconds", MAX_SECONDS))
         self.recognizer = EmotionRecognizer(self.classifier, max_pixels=self.max_pixels)
 
     # No type hints here: MLflow would try to derive the signature from them.
     def predict(self, context, model_input, params=None):
         """One {"faces": [...]} per row (see the module docstring)."""
+        import time
+
+        from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED, REQUEST_LIMIT_EXCEEDED
+
+        from ferpipe.imageio import header_size
         from ferpipe.recognizer import Face
 
+        deadline = time.monotonic() + self.max_seconds
         rows = _rows(model_input)
+        if len(rows) > self.max_rows:
+            raise bad_input(f"{len(rows)} rows, over the limit of {self.max_rows} a request "
+                            "(ferpipe serve --max-rows)", REQUEST_LIMIT_EXCEEDED)
         faces, photos = {}, {}
+        pixels = 0
         for i, row in enumerate(rows):
             image, face = row.get("image"), row.get("face")
             if _is_missing(image) == _is_missing(face):
@@ -139,7 +164,13 @@ class FerEmotionModel(mlflow.pyfunc.PythonModel):
             if _is_missing(image):
                 faces[i] = _face_array(face, i, self.classifier.image_px)
             else:
-                photos[i] = _decode_image(image, i, self.max_pixels)
+                photos[i] = _photo_bytes(image, i)  # decoded one at a time below
+                width, height = header_size(photos[i]) or (0, 0)
+                pixels += width * height
+                if pixels > self.max_request_pixels:
+                    raise bad_input(f"rows 0..{i}: {pixels / 1e6:.1f} megapixels of photos, over the "
+                                    f"limit of {self.max_request_pixels / 1e6:g} a request (ferpipe serve "
+                                    "--max-request-megapixels)", REQUEST_LIMIT_EXCEEDED)
         if faces and photos:
             raise bad_input(f"rows {min(faces)} and {min(photos)}: a batch holds either 'face' rows "
                             "or 'image' rows, not both; send them in two requests")
@@ -151,7 +182,11 @@ class FerEmotionModel(mlflow.pyfunc.PythonModel):
                 face = Face((0, 0, px, px), classes[int(p.argmax())],
                             {c: float(v) for c, v in zip(classes, p)}, "whole_image")
                 out[i]["faces"] = [face.to_dict()]  # as `ferpipe predict` prints faces
-        for i, image in photos.items():
+        for i, raw in photos.items():  # one photo decoded at a time: memory is one photo's
+            if time.monotonic() > deadline:
+                raise bad_input(f"row {i}: the request took over {self.max_seconds:g} s and was "
+                                "stopped (ferpipe serve --max-request-seconds)", DEADLINE_EXCEEDED)
+            image = _decode_image(raw, i, self.max_pixels)
             out[i]["faces"] = [face.to_dict() for face in self.recognizer.analyze(image)]
         return out
 
@@ -198,7 +233,8 @@ def _pyfunc_spec(model: str | Path | Any, classes: list[str], tmp: Path,
     for path in artifacts.values():
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such model file")
-    config = {"max_pixels": int(max_pixels)}
+    config = {"max_pixels": int(max_pixels), "max_rows": MAX_ROWS,
+              "max_request_pixels": MAX_REQUEST_PIXELS, "max_seconds": MAX_SECONDS}
     probe = FerEmotionModel()
     probe.load_context(PythonModelContext(artifacts=artifacts, model_config=config))
     px = probe.classifier.image_px

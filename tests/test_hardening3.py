@@ -1,0 +1,188 @@
+"""Third hardening round: the pixel limit for every format, bounded work per request, 4xx
+instead of 500, what the API refuses, and the CLI's rough edges."""
+import io
+import json
+import re
+import subprocess
+import sys
+
+import anyio
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from test_predict import astronaut
+
+
+def encoded(fmt: str, size: tuple[int, int], **kw) -> bytes:
+    out = io.BytesIO()
+    Image.new("L", size).save(out, fmt, **kw)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt,kw", [("WEBP", {}), ("TIFF", {"compression": "tiff_deflate"}),
+                                    ("PNG", {}), ("GIF", {})])
+def test_the_pixel_limit_holds_for_every_format_before_decoding(fmt, kw):
+    from ferpipe.errors import ImageError
+    from ferpipe.imageio import load_image
+
+    data = encoded(fmt, (6000, 5000), **kw)  # 30 MP in a small body
+    with pytest.raises(ImageError, match=r"6000x5000 pixels, over the limit of 25 megapixels"):
+        load_image(data, max_pixels=25_000_000)
+
+
+def test_a_jpeg_whose_size_cannot_be_read_is_refused_not_decoded():
+    from ferpipe.errors import ImageError
+    from ferpipe.imageio import load_image
+
+    ok, jpeg = cv2.imencode(".jpg", astronaut())  # 512x512
+    data = jpeg.tobytes()
+    at = data.index(b"\xff\xdb")  # the first quantization table, after APP0
+    broken = data[:at] + b"\x00" + data[at:]  # one stray byte before a marker
+    with pytest.raises(ImageError, match="over the limit of 0.1 megapixels|damaged JPEG"):
+        load_image(broken, max_pixels=100_000)
+
+
+@pytest.fixture(scope="module")
+def pyfunc():
+    pytest.importorskip("mlflow")
+    from mlflow.pyfunc import PythonModelContext
+
+    from ferpipe.inference import release_path
+    from ferpipe.web.pyfunc import FerEmotionModel
+
+    model = FerEmotionModel()
+    model.load_context(PythonModelContext(artifacts={"onnx_model": str(release_path())}, model_config={
+        "max_rows": 3, "max_request_pixels": 1_000_000, "max_seconds": 60.0}))
+    return model
+
+
+def status_and_message(model, rows):
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model.predict(None, pd.DataFrame(rows))
+    except MlflowException as err:
+        return err.get_http_status_code(), err.message
+    return 200, ""
+
+
+def test_rows_and_total_pixels_per_request_are_bounded(pyfunc):
+    small = cv2.imencode(".png", cv2.resize(astronaut(), (400, 400)))[1].tobytes()
+    assert status_and_message(pyfunc, {"image": [small] * 3})[0] == 200
+    code, message = status_and_message(pyfunc, {"image": [small] * 4})
+    assert code == 429 and "--max-rows" in message
+    big = encoded("PNG", (900, 900))
+    code, message = status_and_message(pyfunc, {"image": [big, big]})
+    assert code == 429 and "--max-request-megapixels" in message
+
+
+def test_work_stops_when_the_request_time_is_up(pyfunc):
+    photo = cv2.imencode(".png", cv2.resize(astronaut(), (300, 300)))[1].tobytes()
+    pyfunc.max_seconds = 0.0
+    try:
+        code, message = status_and_message(pyfunc, {"image": [photo] * 2})
+    finally:
+        pyfunc.max_seconds = 60.0
+    assert code == 504 and "--max-request-seconds" in message
+
+
+def test_an_error_never_echoes_a_long_input(pyfunc):
+    code, message = status_and_message(pyfunc, {"image": ["x" * 50_000]})
+    assert code == 400 and len(message) < 400
+
+
+def run_guarded(app, body_chunks, max_bytes=1000):
+    from ferpipe.cli.serve import limit_body
+
+    sent, chunks = [], list(body_chunks)
+
+    async def receive():
+        chunk = chunks.pop(0) if chunks else b""
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/invocations", "headers": [], "query_string": b""}
+    anyio.run(limit_body(app, max_bytes), scope, receive, send)
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_a_chunked_body_over_the_limit_is_413_even_inside_a_task_group():
+    async def app(scope, receive, send):  # reads the body in a task group, as MLflow's server does
+        async def read():
+            while (await receive()).get("more_body"):
+                pass
+        async with anyio.create_task_group() as group:
+            group.start_soon(read)
+
+    code, body = run_guarded(app, [b"x" * 600] * 3)
+    assert code == 413 and b"--max-request-mb" in body
+
+
+def test_json_nested_too_deep_is_400():
+    async def app(scope, receive, send):
+        json.loads("[" * 100_000 + "]" * 100_000)
+
+    code, body = run_guarded(app, [b"{}"])
+    assert code == 400 and b"nested too deeply" in body
+
+
+@pytest.mark.parametrize("picture,kw,reason", [
+    (np.zeros((1, 1, 3), np.uint8), {}, "too small to hold a face"),
+    (np.zeros((0, 0), np.uint8), {}, "empty array"),
+    (np.full((64, 64), np.nan), {}, "NaN or infinite"),
+    (np.zeros((64, 64, 3), np.uint8), {"channels": "XYZ"}, "channels='XYZ'"),
+])
+def test_the_api_refuses_what_is_not_a_face_photo(picture, kw, reason):
+    from ferpipe import EmotionRecognizer, ImageError
+
+    with pytest.raises(ImageError, match=re.escape(reason)):
+        EmotionRecognizer().analyze(picture, **kw)
+
+
+def test_a_flat_picture_is_no_face_and_channel_names_take_any_case():
+    from ferpipe import EmotionRecognizer
+
+    recognizer = EmotionRecognizer()
+    assert recognizer.analyze(np.zeros((2000, 2000), np.uint8)) == []
+    rgb = astronaut()[..., ::-1]
+    assert recognizer.analyze(rgb, channels="rgb") == recognizer.analyze(rgb, channels="RGB")
+
+
+def test_predict_into_a_closed_pipe_stops_quietly(tmp_path):
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / f"{i}.jpg"), astronaut())
+    proc = subprocess.run(f"'{sys.executable}' -m ferpipe predict '{tmp_path}' | head -1", shell=True,
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+    assert len(proc.stdout.splitlines()) == 1 and proc.stderr == ""
+
+
+def test_version_and_a_missing_extra_are_one_line(monkeypatch, capsys):
+    from ferpipe import __version__
+    from ferpipe.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"ferpipe {__version__}"
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed
+    assert main(["serve"]) == 1 and "pip install 'ferpipe[serve]'" in capsys.readouterr().err
+    assert main(["demo"]) == 1 and "pip install 'ferpipe[demo]'" in capsys.readouterr().err
+
+
+def test_the_readme_curl_body_is_built_without_the_argument_limit(tmp_path):
+    """The README's request, with `cat` in curl's place: a 300 KB photo makes valid JSON."""
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"^(\{ printf .*?)\\\n\s*\| curl", readme, re.M).group(1)
+    photo = np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "photo.jpg"), photo, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    assert (tmp_path / "photo.jpg").stat().st_size > 200_000
+    proc = subprocess.run(["bash", "-c", command + " | cat"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=30)
+    body = json.loads(proc.stdout)
+    assert body["dataframe_records"][0]["image"][:4] == "/9j/"  # a JPEG, base64
