@@ -141,3 +141,19 @@ def test_the_core_depends_on_no_tensorflow():
     assert "onnxruntime" in names
     assert not names & {"tensorflow", "keras", "tf2onnx", "mlflow", "dvc", "scikit-learn", "pyyaml"}
     assert any(d.startswith("tensorflow") for d in project["optional-dependencies"]["tf"])
+
+
+def test_prepare_frames_a_face_with_the_cores_own_detector_and_crop():
+    """framing: detect gives the training face the crop `analyze` gives at use, pixel for pixel;
+    a picture without a face falls back to its middle half, and says so."""
+    from ferpipe import EmotionRecognizer
+    from ferpipe.pipeline.framing import centre_half, detect_and_crop
+
+    photo = cv2.imencode(".jpg", astronaut()[0:300, 70:370])[1].tobytes()  # the face in the middle half
+    face, detected = detect_and_crop(photo, 48, 25_000_000)
+    _, crops = EmotionRecognizer().crops(photo)
+    assert detected and np.array_equal(face, crops[0])
+    flat = cv2.imencode(".png", np.full((120, 160), 90, np.uint8))[1].tobytes()
+    face, detected = detect_and_crop(flat, 48, 25_000_000)
+    assert not detected and face.shape == (48, 48)
+    assert centre_half(np.zeros((120, 160), np.uint8)) == (50, 30, 60, 60)

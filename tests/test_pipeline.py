@@ -10,7 +10,7 @@ from conftest import run
 
 pytestmark = pytest.mark.slow
 STAGES = {"prepare", "augment", "train_baselines", "transfer", "tune", "finetune", "evaluate", "release"}
-SOURCES = ("fer2013", "real")
+SOURCES = ("expw", "fer2013", "real")
 
 
 def dvc(project, *args):

@@ -45,7 +45,7 @@ def test_the_cards_example_runs_on_its_real_sample_face(tmp_path):
     text = (RELEASE / "MODEL_CARD.md").read_text()
     example = [block.split("```", 1)[0] for block in text.split("```python")[1:]][1]
     assert "sample_face.png" in example and "zeros" not in example
-    for name in ("model.keras", "sample_face.png"):
+    for name in ("model.onnx", "model.keras", "sample_face.png"):
         shutil.copy(RELEASE / name, tmp_path / name)
     proc = subprocess.run([sys.executable, "-c", example + "\nprint(int(probs.argmax()))"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)

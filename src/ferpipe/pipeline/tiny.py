@@ -23,10 +23,13 @@ from ferpipe.pipeline.config import read_params
 
 TINY_ARCHIVE = "data/raw/tiny.zip"
 TINY_PHOTOS = "data/raw/tiny_real.zip"  # a second source, named by person as the real photos are
+TINY_EVERYDAY = "data/raw/tiny_expw.zip"  # a third, framed by the detector as expw is
 # Overrides merged into params.yaml; model sections (and sources, mixes) are replaced whole.
 TINY_PARAMS = {
     "prepare": {"sources": {
         "fer2013": {"source": TINY_ARCHIVE, "val_fraction": 0.2, "test_fraction": 0.2},
+        "expw": {"source": TINY_EVERYDAY, "val_fraction": 0.25, "test_fraction": 0.25,
+                 "group_pattern": r"(.+)_\d+", "framing": "detect"},
         "real": {"source": TINY_PHOTOS, "val_fraction": 0.25, "test_fraction": 0.25,
                  "group_pattern": "(.+)_\\d+"}}},
     "finetune": {"epochs": 1, "mix": {"fer2013": {"per_class_cap": 0, "repeat": 1},
@@ -145,6 +148,8 @@ def _write_project(dest: Path, source: Path, params: dict, per_class: int) -> No
     (dest / "params.yaml").write_text(yaml.safe_dump(merge(params, TINY_PARAMS), sort_keys=False))
     make_archive(dest / TINY_ARCHIVE, params["prepare"]["classes"], per_class=per_class)
     make_archive(dest / TINY_PHOTOS, params["prepare"]["classes"], per_class=per_class, seed=1,
+                 layout="people")
+    make_archive(dest / TINY_EVERYDAY, params["prepare"]["classes"], per_class=per_class, seed=2,
                  layout="people")
     (dest / ".gitignore").write_text("mlflow.db\nmlruns/\n/models/\n/tuning/\n/data/raw/tiny*.zip\n")
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
