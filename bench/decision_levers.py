@@ -78,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     import keras
 
-    from ferpipe.pipeline.evaluate import predict_probs
+    from ferpipe.pipeline.models import predict_probs
 
     model = keras.models.load_model(args.model)
     data = {split: load_split(args.prepared, split)[:2] for split in ("val", "test")}

@@ -49,6 +49,9 @@ VARIANTS = {
     "all_x2_again": {"mix": {"fer2013": {}, "real": {"repeat": 2}}},
     "all_x2_expw_x2": {"mix": {"fer2013": {}, "real": {"repeat": 2}, "expw": {"repeat": 2}}},
     "all_x2_expw_x4": {"mix": {"fer2013": {}, "real": {"repeat": 2}, "expw": {"repeat": 4}}},
+    "all_x2_degrade": {"mix": {"fer2013": {}, "real": {"repeat": 2}}, "degrade": 0.15},
+    "all_x2_expw_x2_degrade": {"mix": {"fer2013": {}, "real": {"repeat": 2}, "expw": {"repeat": 2}},
+                               "degrade": 0.15},
     "cap800_zoom_5ep": {"mix": {"fer2013": {}, "real": {"per_class_cap": 800}}, "random_zoom": 0.15,
                         "epochs": 5},
 }

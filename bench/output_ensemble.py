@@ -23,8 +23,8 @@ SOURCES = ["fer2013", "real"]
 def main() -> None:
     from ferpipe.files import load_split
     from ferpipe.modelio import load_keras
-    from ferpipe.pipeline.evaluate import predict_probs
     from ferpipe.pipeline.finetune import split_scores
+    from ferpipe.pipeline.models import predict_probs
     from source_rows import record
 
     base_path = Path(sys.argv[1] if len(sys.argv) > 1 else "models/trained/tuned/model.keras")

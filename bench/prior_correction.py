@@ -25,8 +25,8 @@ def main() -> None:
     from ferpipe.files import load_split
     from ferpipe.modelio import load_keras
     from ferpipe.pipeline.config import load_section
-    from ferpipe.pipeline.evaluate import predict_probs
     from ferpipe.pipeline.finetune import mix_sources, split_scores
+    from ferpipe.pipeline.models import predict_probs
     from ferpipe.pipeline.params import FinetuneConfig
     from source_rows import record
 

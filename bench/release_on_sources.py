@@ -2,8 +2,8 @@
 
     uv run python bench/release_on_sources.py > reports/bench/release_on_sources.json
 
-Scores model.onnx (what the core runs) per source and split with the one metrics function of
-`ferpipe score`; a source the release was not trained on (expw) gives the generalization
+Scores model.onnx (what the core runs) per source and split with the one metrics function
+(ferpipe.metrics); a source the release was not trained on (expw) gives the generalization
 number. Then the release stage's parity check of model.onnx against model.keras over every
 test face. Needs `dvc repro prepare` (data/prepared) and the `tf` extra.
 """
@@ -20,9 +20,9 @@ sys.path.insert(0, str(ROOT / "src"))
 def main() -> None:
     import numpy as np
 
-    from ferpipe.cli.score import metrics
     from ferpipe.files import load_split
     from ferpipe.inference import load_classifier, release_path
+    from ferpipe.metrics import classification_metrics
     from ferpipe.modelio import load_keras
     from ferpipe.pipeline.onnx_export import parity
 
@@ -35,7 +35,7 @@ def main() -> None:
         for split in ("val", "test"):
             x, y, classes = load_split(folder, split)
             pred = classifier.predict_proba(x).argmax(1)
-            m = metrics(y, pred, list(classes))
+            m = classification_metrics(y, pred, list(classes))
             out["sources"].setdefault(folder.name, {})[split] = {
                 "faces": m["images"], "accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4),
                 "recall": {c: round(v["recall"], 3) for c, v in m["per_class"].items()},

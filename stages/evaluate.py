@@ -1,5 +1,6 @@
 """Stage `evaluate`: score every trained model on each source's validation and test split, pick
 the champion on validation (mean over sources), register it."""
+import json
 from pathlib import Path
 
 from ferpipe.pipeline.config import load_section, run_main
@@ -7,6 +8,7 @@ from ferpipe.pipeline.params import EvaluateConfig
 
 PREPARED = Path("data/prepared")
 MODELS = Path("models/trained")
+TRAIN_METRICS = Path("metrics/train")
 METRICS = Path("metrics/evaluate.json")
 TABLE = Path("metrics/models.csv")
 PLOTS = Path("plots")
@@ -28,6 +30,7 @@ def main() -> None:
         gradcam_grid,
         load_candidate,
         text_report,
+        trained_sources,
         write_reports,
     )
     from ferpipe.pipeline.registry import register_champion
@@ -60,8 +63,12 @@ def main() -> None:
                                        | {"latency_ms": result["latency_ms"]})
                 print(f"evaluate: {row}")
         champion = choose_champion(list(rows.values()), cfg.selection_metric)
+        trained_on = {p.parent.name: trained_sources(json.loads((TRAIN_METRICS / f"{p.parent.name}.json")
+                                                                 .read_text())) for p in paths}
         summary = write_reports(results, list(rows.values()), champion, cfg, classes, y_tests,
-                                METRICS, TABLE, PLOTS, TIMING)
+                                METRICS, TABLE, PLOTS, TIMING, trained_on)
+        mlflow.log_metrics({f"unseen_{src}_{k}": v for src, part in summary["unseen"].items()
+                            for k, v in part.items() if k != "model"})
         mlflow.log_metrics({f"champion_{s}_{k}": v for s in ("val", "test")
                             for k, v in summary[s].items() if isinstance(v, float)}
                            | {f"champion_{src}_{s}_{k}": v for src, part in summary["sources"].items()

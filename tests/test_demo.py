@@ -30,13 +30,12 @@ def photos(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_result_shows_a_label_and_a_bar_per_class_for_each_face():
+    from ferpipe import Face
     from ferpipe.web.demo import annotate, result_html
 
     image = np.full((200, 300, 3), 90, np.uint8)
-    faces = [{"box": [20, 30, 80, 80], "emotion": "happy",
-              "probabilities": {"happy": 0.7, "neutral": 0.2, "sad": 0.05, "surprise": 0.05}},
-             {"box": [150, 40, 60, 60], "emotion": "sad",
-              "probabilities": {"happy": 0.1, "neutral": 0.1, "sad": 0.75, "surprise": 0.05}}]
+    faces = [Face((20, 30, 80, 80), "happy", {"happy": 0.7, "neutral": 0.2, "sad": 0.05, "surprise": 0.05}),
+             Face((150, 40, 60, 60), "sad", {"happy": 0.1, "neutral": 0.1, "sad": 0.75, "surprise": 0.05})]
     page = result_html("<me>.jpg", image, faces, CLASSES)
     assert "2 faces in &lt;me&gt;.jpg" in page  # names are escaped
     assert page.count("class='emotion'>happy<") == 1 and page.count("class='emotion'>sad<") == 1

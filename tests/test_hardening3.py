@@ -96,7 +96,7 @@ def test_an_error_never_echoes_a_long_input(pyfunc):
 
 
 def run_guarded(app, body_chunks, max_bytes=1000):
-    from ferpipe.cli.serve import limit_body
+    from ferpipe.web.guard import limit_body
 
     sent, chunks = [], list(body_chunks)
 
@@ -108,7 +108,7 @@ def run_guarded(app, body_chunks, max_bytes=1000):
         sent.append(message)
 
     scope = {"type": "http", "method": "POST", "path": "/invocations", "headers": [], "query_string": b""}
-    anyio.run(limit_body(app, max_bytes), scope, receive, send)
+    anyio.run(limit_body(app, max_bytes, "ferpipe serve --max-request-mb"), scope, receive, send)
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
 
@@ -186,3 +186,32 @@ def test_the_readme_curl_body_is_built_without_the_argument_limit(tmp_path):
                           text=True, timeout=30)
     body = json.loads(proc.stdout)
     assert body["dataframe_records"][0]["image"][:4] == "/9j/"  # a JPEG, base64
+
+
+def test_the_demo_refuses_an_upload_over_the_limit_before_spooling_it(monkeypatch, tmp_path):
+    """A 30 MB upload streamed in 1 MB chunks (no Content-Length): 413, nothing in /tmp."""
+    import tempfile
+
+    from ferpipe import EmotionRecognizer
+    from ferpipe.web.demo import create_app
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the form parser would spool it
+    boundary = "b0undary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"big.jpg\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n").encode()
+    chunks = [head] + [b"\xff" * 2**20] * 30
+    sent = []
+
+    async def receive():
+        chunk = chunks.pop(0) if chunks else b""
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/", "raw_path": b"/", "query_string": b"",
+             "headers": [(b"content-type", f"multipart/form-data; boundary={boundary}".encode())],
+             "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1)}
+    anyio.run(create_app(EmotionRecognizer()), scope, receive, send)
+    assert sent[0]["status"] == 413 and b"20 MB" in sent[1]["body"]
+    assert list(tmp_path.iterdir()) == [] and len(chunks) > 0  # it stopped reading at the limit

@@ -6,8 +6,7 @@ One path for every use: decode (ferpipe.imageio), detect (ferpipe.detect), crop
 """
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -230,57 +229,3 @@ class EmotionRecognizer:
         picked = np.array([self.classes.index(f.emotion) for f in faces])
         maps = gradcam(self.keras_model(), crops, picked)
         return [Explanation(f, c, m) for f, c, m in zip(faces, crops, maps)]
-
-
-def video_summary(frames: Iterator[Frame], classes: list[str], every: int, fps: float,
-                  on_frame: Callable[[Frame], None] | None = None, total: int = 0) -> Iterator[dict]:
-    """The JSON lines of `ferpipe predict` for a video: one per face (or {"faces": 0} for a
-    frame without one), then {"summary": ...}. `total`: the container's frame count, if known."""
-    counts = dict.fromkeys(classes, 0)
-    people: dict[int, dict] = {}
-    analysed = faces = empty = 0
-    start = time.perf_counter()
-    last = -1
-    for frame in frames:
-        analysed += 1
-        last = frame.index
-        stamp = {"frame": frame.index, "time_s": frame.time_s}
-        if not frame.faces:
-            empty += 1
-            yield {**stamp, "faces": 0}
-        for face in frame.faces:
-            counts[face.emotion] += 1
-            faces += 1
-            if face.person is not None:
-                seen = people.setdefault(face.person, {"first_s": frame.time_s, "frames": 0,
-                                                       "emotions": dict.fromkeys(classes, 0)})
-                seen["frames"] += 1
-                seen["last_s"] = frame.time_s
-                seen["emotions"][face.emotion] += 1
-            yield {**stamp, **face.to_dict()}
-        if on_frame is not None:
-            on_frame(frame)
-    elapsed = time.perf_counter() - start
-    yield {"summary": {"frames": max(total, last + 1), "frames_analyzed": analysed, "every": every,
-                       "video_fps": round(fps, 3), "faces": faces, "frames_without_face": empty,
-                       "emotions": counts, "people": {str(k): v for k, v in people.items()},
-                       "seconds": round(elapsed, 3),
-                       "fps": round(analysed / elapsed, 2) if elapsed > 0 else None}}
-
-
-def draw(image: np.ndarray, faces: list[Face]) -> np.ndarray:
-    """A BGR copy of `image` with each face's box and 'emotion p' drawn."""
-    import cv2
-
-    out = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image[..., :3].copy()
-    thick = max(1, round(max(out.shape[:2]) / 400))
-    for face in faces:
-        x, y, w, h = face.box
-        label = f"{'' if face.person is None else f'P{face.person} '}{face.emotion} {face.score:.2f}"
-        scale = max(0.4, w / 160)
-        cv2.rectangle(out, (x, y), (x + w, y + h), (0, 220, 0), thick)
-        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-        ty = y - 4 if y - th - base - 4 >= 0 else y + h + th + 4
-        cv2.rectangle(out, (x, ty - th - base), (x + tw, ty + base), (0, 220, 0), cv2.FILLED)
-        cv2.putText(out, label, (x, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick, cv2.LINE_AA)
-    return out

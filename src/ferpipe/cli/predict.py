@@ -95,8 +95,8 @@ def emit(line: dict) -> None:
 def do_image(path: Path, recognizer: Any, annotations: Annotations | None, root: Path | None) -> None:
     import cv2
 
+    from ferpipe.draw import draw_faces
     from ferpipe.files import atomic_path
-    from ferpipe.recognizer import draw
 
     image = recognizer.read(path)
     faces = recognizer.analyze(image)
@@ -108,10 +108,10 @@ def do_image(path: Path, recognizer: Any, annotations: Annotations | None, root:
         emit({"file": str(path), "face": i, **face.to_dict()})
     if annotations:
         dest = annotations.path(path, root)
-        ok, data = cv2.imencode(dest.suffix or ".png", draw(image, faces))
+        ok, data = cv2.imencode(dest.suffix or ".png", draw_faces(image, faces))
         if not ok:  # a format OpenCV reads but cannot write (e.g. GIF)
             dest = annotations.path(path, root, ".png")
-            ok, data = cv2.imencode(".png", draw(image, faces))
+            ok, data = cv2.imencode(".png", draw_faces(image, faces))
         with atomic_path(dest) as tmp:
             tmp.write_bytes(data.tobytes())
 
@@ -120,10 +120,12 @@ def do_video(path: Path, recognizer: Any, args: argparse.Namespace, annotations:
              root: Path | None) -> None:
     import cv2
 
-    from ferpipe.cli.video import VideoOut, frame_count
-    from ferpipe.recognizer import draw, video_summary
+    from ferpipe.cli.video import VideoOut, frame_count, video_summary
+    from ferpipe.draw import draw_faces
+    from ferpipe.imageio import _quiet_opencv
     from ferpipe.timeline import Timeline
 
+    _quiet_opencv()  # before FFmpeg opens the file: its warnings would be lines on stderr
     every = args.every
     timeline = Timeline(recognizer.classes) if args.timeline else None
     capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
@@ -145,7 +147,7 @@ def do_video(path: Path, recognizer: Any, args: argparse.Namespace, annotations:
                     timeline.add(frame.time_s or 0.0, frame.index, face.person, face.emotion,
                                  face.probabilities)
             if out is not None:
-                out.write(draw(frame.image, frame.faces))
+                out.write(draw_faces(frame.image, frame.faces))
 
         for item in video_summary(recognizer.analyze_video(path, every, args.smooth), recognizer.classes,
                                   every, fps, on_frame, total):

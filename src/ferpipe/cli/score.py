@@ -1,10 +1,10 @@
 """`ferpipe score DIR`: how well the model does on a labelled folder of one's own.
 
 The folder (or zip) is `<class>/<image>` or `<split>/<class>/<image>`, read by the reader of
-`prepare` (ferpipe.pipeline.images). Images are decoded exactly as `prepare` makes training images
-(gray, centred square, resized to the model's input, by the one crop function every command
-uses); `--detect` instead finds the largest face in each photo (with --no-whole-image, a photo
-without one is skipped and counted). Faces go to the model in batches: memory stays flat.
+`prepare` (ferpipe.pipeline.images). Images are decoded by the core (OpenCV) and cut by the one
+crop function every command uses: the centred square, resized to the model's input with area
+averaging, or with `--detect` the largest face found in each photo (with --no-whole-image, a
+photo without one is skipped and counted). Faces go to the model in batches: memory stays flat.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import numpy as np
 
 from ferpipe.cli.common import add_model_args, recognizer_from
 from ferpipe.errors import FerpipeError
+from ferpipe.metrics import classification_metrics, report_text
 
 EXAMPLE = """example:
   ferpipe score my_faces/              # my_faces/happy/*.jpg, my_faces/sad/*.jpg, ...
@@ -64,33 +65,9 @@ def iter_faces(root: Path, recognizer: Any, split: str | None, detect: bool, ski
         yield crop_face(gray, box, image_px=px), wanted.index(cls)
 
 
-def metrics(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:
-    """Accuracy, macro-F1 over the classes present in the folder, per-class P/R/F1, confusion."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
-
-    labels = list(range(len(classes)))
-    precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
-    present = sorted(set(y.tolist()))
-    return {"images": int(len(y)), "accuracy": float(accuracy_score(y, pred)),
-            "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
-            "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]),
-                              "f1": float(f1[i]), "support": int(support[i])} for i, c in enumerate(classes)},
-            "confusion": {"rows_true_columns_predicted": classes,
-                          "matrix": confusion_matrix(y, pred, labels=labels).tolist()}}
-
-
 def text_report(result: dict) -> str:
-    classes = result["confusion"]["rows_true_columns_predicted"]
-    width = max(10, *(len(c) + 2 for c in classes))
     lines = [f"{result['images']} images from {result['folder']} (model: {result['model']})",
-             f"accuracy {result['accuracy']:.4f}   macro-F1 {result['macro_f1']:.4f}", "",
-             f"{'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
-    for c, v in result["per_class"].items():
-        lines.append(f"{c:<{width}}{v['precision']:>10.3f}{v['recall']:>10.3f}{v['f1']:>10.3f}{v['support']:>10d}")
-    lines += ["", "confusion matrix (rows: true, columns: predicted)",
-              " " * width + "".join(f"{c:>{width}}" for c in classes)]
-    for c, row in zip(classes, result["confusion"]["matrix"]):
-        lines.append(f"{c:<{width}}" + "".join(f"{v:>{width}d}" for v in row))
+             report_text(result)]
     skipped = result["skipped"]
     notes = [f"{n} in other class folders {skipped['other_class']}" for n in
              [sum(skipped["other_class"].values())] if n]
@@ -125,7 +102,8 @@ def score_folder(root: str | Path, recognizer: Any, split: str | None = None,
                          f"<split>/<class>/<image>; other class folders found: {found})")
     y, pred = np.array(labels, dtype=np.int64), np.concatenate(preds)
     return {"folder": str(root), "model": recognizer.classifier.source, "split": split or "all",
-            **metrics(y, pred, recognizer.classes), "skipped": skipped}
+            **classification_metrics(y, pred, recognizer.classes, macro_over_present=True),
+            "skipped": skipped}
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -65,58 +65,6 @@ def pyfunc_folder(model: str | None, dest: Path, max_pixels: int) -> Path:
     return save_pyfunc(classifier.source, classifier.classes, dest / "model", max_pixels=max_pixels)
 
 
-def limit_body(app: Any, max_bytes: int) -> Any:
-    """ASGI middleware: a body over `max_bytes` (declared or streamed) is a 413."""
-    from starlette.responses import JSONResponse
-
-    async def guarded(scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        too_big = JSONResponse({"error_code": "REQUEST_TOO_LARGE", "message":
-                                f"request body over {max_bytes / 1e6:g} MB (ferpipe serve "
-                                "--max-request-mb)"}, status_code=413)
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            # Read and drop the body first (up to a bound, no memory kept): answering before it
-            # is read resets the connection under a client still sending, which never sees the 413.
-            left = min(int(declared), 8 * max_bytes)
-            while left > 0:
-                message = await receive()
-                left -= len(message.get("body", b""))
-                if message["type"] != "http.request" or not message.get("more_body"):
-                    break
-            return await too_big(scope, receive, send)
-        seen = 0
-
-        async def counted() -> dict:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > max_bytes:
-                raise _TooLarge
-            return message
-
-        try:
-            return await app(scope, counted, send)
-        except _TooLarge:
-            return await too_big(scope, receive, send)
-        except BaseExceptionGroup as group:  # a chunked body: the guard's error arrives wrapped
-            if group.subgroup(_TooLarge) is None:
-                raise
-            return await too_big(scope, receive, send)
-        except RecursionError:  # JSON nested deeper than Python's parser goes
-            return await JSONResponse({"error_code": "BAD_REQUEST", "message":
-                                       "request body is nested too deeply to parse"},
-                                      status_code=400)(scope, receive, send)
-
-    return guarded
-
-
-class _TooLarge(Exception):
-    pass
-
-
 def run(args: argparse.Namespace) -> int:
     for flag in ("max_request_mb", "max_megapixels", "max_rows", "max_request_megapixels",
                  "max_request_seconds"):
@@ -130,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     from mlflow.pyfunc import load_model
     from mlflow.pyfunc.scoring_server import init
 
+    from ferpipe.web.guard import limit_body
+
     with tempfile.TemporaryDirectory(prefix="ferpipe-serve-") as tmp:
         max_pixels = int(args.max_megapixels * 1e6)
         folder = pyfunc_folder(args.model, Path(tmp), max_pixels)
@@ -137,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         config = {"max_pixels": max_pixels, "max_rows": args.max_rows,
                   "max_request_pixels": int(args.max_request_megapixels * 1e6),
                   "max_seconds": args.max_request_seconds}
-        app = limit_body(init(load_model(str(folder), model_config=config)), int(args.max_request_mb * 1e6))
+        app = limit_body(init(load_model(str(folder), model_config=config)), int(args.max_request_mb * 1e6),
+                         "ferpipe serve --max-request-mb")
         print(f"ferpipe serve: http://{args.host}:{args.port}/invocations  (model: "
               f"{args.model or 'release'}; Ctrl-C stops it)", flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -4,10 +4,15 @@ browsers do not play it)."""
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ferpipe.recognizer import Frame
 
 SUFFIX, FOURCC = ".webm", "VP90"
 
@@ -47,3 +52,39 @@ class VideoOut(contextlib.AbstractContextManager):
         if self._writer is not None:
             self._writer.release()
         self._atomic.__exit__(*exc)
+
+
+def video_summary(frames: Iterator[Frame], classes: list[str], every: int, fps: float,
+                  on_frame: Callable[[Frame], None] | None = None, total: int = 0) -> Iterator[dict]:
+    """The JSON lines of `ferpipe predict` for a video: one per face (or {"faces": 0} for a
+    frame without one), then {"summary": ...}. `total`: the container's frame count, if known."""
+    counts = dict.fromkeys(classes, 0)
+    people: dict[int, dict] = {}
+    analysed = faces = empty = 0
+    start = time.perf_counter()
+    last = -1
+    for frame in frames:
+        analysed += 1
+        last = frame.index
+        stamp = {"frame": frame.index, "time_s": frame.time_s}
+        if not frame.faces:
+            empty += 1
+            yield {**stamp, "faces": 0}
+        for face in frame.faces:
+            counts[face.emotion] += 1
+            faces += 1
+            if face.person is not None:
+                seen = people.setdefault(face.person, {"first_s": frame.time_s, "frames": 0,
+                                                       "emotions": dict.fromkeys(classes, 0)})
+                seen["frames"] += 1
+                seen["last_s"] = frame.time_s
+                seen["emotions"][face.emotion] += 1
+            yield {**stamp, **face.to_dict()}
+        if on_frame is not None:
+            on_frame(frame)
+    elapsed = time.perf_counter() - start
+    yield {"summary": {"frames": max(total, last + 1), "frames_analyzed": analysed, "every": every,
+                       "video_fps": round(fps, 3), "faces": faces, "frames_without_face": empty,
+                       "emotions": counts, "people": {str(k): v for k, v in people.items()},
+                       "seconds": round(elapsed, 3),
+                       "fps": round(analysed / elapsed, 2) if elapsed > 0 else None}}

@@ -8,11 +8,12 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, log_loss
+from sklearn.metrics import confusion_matrix, log_loss
 
 from ferpipe.explain import gradcam
 from ferpipe.files import atomic_path, write_json
 from ferpipe.pipeline.config import PipelineError
+from ferpipe.pipeline.models import predict_probs
 from ferpipe.pipeline.params import EvaluateConfig
 
 # Selection metrics and whether larger is better.
@@ -32,14 +33,6 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15)
     return float(ece)
 
 
-def predict_probs(model: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Batched inference through one compiled function (model.predict is far slower)."""
-    infer = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
-    parts = [infer(tf.constant(x[i:i + batch_size, ..., None], tf.float32)).numpy()
-             for i in range(0, len(x), batch_size)]
-    return np.concatenate(parts).astype(np.float64)
-
-
 def single_image_latency_ms(model: keras.Model, image: np.ndarray, calls: int) -> float:
     """Mean wall time of one-image calls to a compiled function, after warm-up."""
     infer = tf.function(lambda batch: model(batch, training=False))
@@ -53,18 +46,18 @@ def single_image_latency_ms(model: keras.Model, image: np.ndarray, calls: int) -
 
 
 def split_metrics(probs: np.ndarray, y: np.ndarray, classes: list[str], ece_bins: int) -> dict:
-    pred = probs.argmax(axis=1)
+    from ferpipe.metrics import classification_metrics
+
     labels = list(range(len(classes)))
     clipped = np.clip(probs, 1e-7, 1.0)
-    report = classification_report(y, pred, labels=labels, target_names=classes,
-                                   output_dict=True, zero_division=0)
-    return {"accuracy": float(accuracy_score(y, pred)),
-            "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+    m = classification_metrics(y, probs.argmax(axis=1), classes)
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
             # float32 softmax sums drift from 1 by ~1e-7, which scikit-learn warns about per call
             "log_loss": float(log_loss(y, clipped / clipped.sum(axis=1, keepdims=True), labels=labels)),
             "ece": expected_calibration_error(probs, y, ece_bins),
-            "per_class": {c: {k: float(report[c][k]) for k in ("precision", "recall", "f1-score")}
-                          for c in classes}}
+            # "f1-score": the key metrics/evaluate.json has always had (dvc metrics diff compares it)
+            "per_class": {c: {"precision": v["precision"], "recall": v["recall"], "f1-score": v["f1"]}
+                          for c, v in m["per_class"].items()}}
 
 
 Splits = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]  # source -> split -> (x, y)
@@ -126,6 +119,33 @@ def flat_row(name: str, result: dict) -> dict:
     return row
 
 
+def trained_sources(train_metrics: dict) -> set[str]:
+    """The sources a model was trained on: a fine-tune lists its mix under "drawn"; every other
+    training stage reads FER2013 alone (its dvc.yaml deps: data/prepared/fer2013)."""
+    return set(train_metrics.get("drawn") or {"fer2013": None})
+
+
+def unseen_scores(rows: list[dict], trained_on: dict[str, set[str]], sources: list[str],
+                  metric: str) -> dict[str, dict]:
+    """How the models hold up on a kind of picture they were not trained on: for each source,
+    the candidate chosen as the champion is (best mean validation `metric`, over the sources
+    it was trained on) among those not trained on it, and its test scores there."""
+    out = {}
+    sign = 1 if SELECTION[metric] else -1
+    key = metric.removeprefix("val_")
+    for source in sources:
+        pool = [r for r in rows if source not in trained_on[r["model"].split("+")[0]]]
+        if not pool:
+            continue
+        def seen_mean(row: dict) -> float:
+            seen = sorted(trained_on[row["model"].split("+")[0]] & set(sources))
+            return float(np.mean([row[f"{s}_val_{key}"] for s in seen])) if seen else row[metric]
+        best = max(pool, key=lambda r: (sign * seen_mean(r), -r["params"], r.get("tta", "none") == "none"))
+        out[source] = {"model": best["model"], "test_accuracy": best[f"{source}_test_accuracy"],
+                       "test_macro_f1": best[f"{source}_test_macro_f1"]}
+    return out
+
+
 def choose_champion(rows: list[dict], metric: str) -> str:
     """Best candidate by a validation metric. Never looks at test. Ties go to fewer parameters,
     then to no test-time augmentation: a variant that costs twice the compute must earn it."""
@@ -164,13 +184,15 @@ def confusion_png(panels: dict[str, tuple[np.ndarray, np.ndarray]], classes: lis
 
 
 def text_report(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> str:
-    return classification_report(y, pred, labels=list(range(len(classes))), target_names=classes,
-                                 digits=4, zero_division=0)
+    from ferpipe.metrics import classification_metrics, report_text
+
+    return report_text(classification_metrics(y, pred, classes))
 
 
 def write_reports(results: dict[str, dict], rows: list[dict], champion: str, cfg: EvaluateConfig,
                   classes: list[str], y_test: dict[str, np.ndarray], metrics_path: Path,
-                  table_path: Path, plots_dir: Path, timing_path: Path) -> dict:
+                  table_path: Path, plots_dir: Path, timing_path: Path,
+                  trained_on: dict[str, set[str]]) -> dict:
     """metrics/evaluate.json, metrics/models.csv, per-model confusion data, accuracy bars, and the
     table and champion confusion PNGs; `rows` are the `flat_row`s of `results`."""
     import pandas as pd
@@ -198,6 +220,8 @@ def write_reports(results: dict[str, dict], rows: list[dict], champion: str, cfg
         "sources": best["sources"],
         "val": dict(best["val"]),
         "test": dict(best["test"]),
+        # Each source as a kind of picture not trained on (see unseen_scores).
+        "unseen": unseen_scores(rows, trained_on, list(y_test), cfg.selection_metric),
         "params": best["params"],
         "models": {r["model"]: {k: v for k, v in r.items() if k != "model"} for r in rows},
     }

@@ -49,7 +49,7 @@ def distilled_targets(model: object, x: np.ndarray, y: np.ndarray, origin: np.nd
                       shares: list[float], batch_size: int) -> np.ndarray:
     """Soft targets [N, k]: each image's one-hot label, mixed with `model`'s probabilities on
     it by its source's share (shares[origin]); the model runs only on images with a share."""
-    from ferpipe.pipeline.evaluate import predict_probs
+    from ferpipe.pipeline.models import predict_probs
 
     k = int(model.output_shape[-1])
     targets = np.eye(k, dtype=np.float32)[y]
@@ -82,7 +82,7 @@ def finetune(cfg: FinetuneConfig, train_cfg: TrainConfig, prepared_dir: Path, ba
     order = np.random.default_rng(cfg.seed).permutation(len(x))  # one array: the sources interleave
     data = TrainData(x[order][..., None], y[order], x_val[..., None], y_val, classes)
     phase = Phase(name, cfg.epochs, cfg.learning_rate, random_shift=cfg.random_shift,
-                  mixup_alpha=cfg.mixup_alpha, random_zoom=cfg.random_zoom,
+                  mixup_alpha=cfg.mixup_alpha, random_zoom=cfg.random_zoom, degrade=cfg.degrade,
                   before=freeze_batchnorm if cfg.freeze_batchnorm else None)
     train_cfg = dataclasses.replace(train_cfg, ema_momentum=cfg.ema_momentum)
     return model, fit(model, data, train_cfg, [phase]), drawn
@@ -102,19 +102,17 @@ def freeze_batchnorm(model: object) -> None:
 
 def split_scores(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, float]:
     """{accuracy, macro_f1, recall_<class>...} of predicted class indices on one split."""
-    from sklearn.metrics import accuracy_score, f1_score, recall_score
+    from ferpipe.metrics import classification_metrics
 
-    labels = list(range(len(classes)))
-    recall = recall_score(y, pred, labels=labels, average=None, zero_division=0)
-    return {"accuracy": float(accuracy_score(y, pred)),
-            "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
-            **{f"recall_{c}": float(r) for c, r in zip(classes, recall)}}
+    m = classification_metrics(y, pred, classes)
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+            **{f"recall_{c}": v["recall"] for c, v in m["per_class"].items()}}
 
 
 def per_source_val(model: object, prepared_dir: Path, sources: list[str], batch_size: int) -> dict:
     """{source: {accuracy, macro_f1, recall_<class>...}} on each source's validation split (logged per run, so
     MLflow compares mixes source by source)."""
-    from ferpipe.pipeline.evaluate import predict_probs
+    from ferpipe.pipeline.models import predict_probs
 
     out = {}
     for name in sources:

@@ -192,6 +192,9 @@ class FinetuneConfig:
     random_shift: Fraction = 0.1
     random_zoom: Fraction = 0.0  # zoom in and out by up to this fraction (framing range)
     mixup_alpha: Annotated[float, Range(0)] = 0.0
+    # Degradation augmentation (pipeline/degrade.py): each kind (downscale, blur, gamma, noise,
+    # erasing) applied to each training face with this probability (0: off).
+    degrade: Annotated[float, Range(0, 1)] = 0.0
     # Batch-norm layers kept in inference mode with their statistics as the base model learnt
     # them, so the new source's pixel statistics do not move the features the old one relies on.
     freeze_batchnorm: bool = False

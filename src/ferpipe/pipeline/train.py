@@ -53,6 +53,7 @@ class Phase:
     random_shift: float = 0.0  # online shifts of the training images, fraction of the side
     mixup_alpha: float = 0.0  # online mixup of the training batches (0: off)
     random_zoom: float = 0.0  # online zoom in and out by up to this fraction (0: off)
+    degrade: float = 0.0  # each degradation kind's probability per image (pipeline/degrade.py; 0: off)
 
     @classmethod
     def for_spec(cls, name: str, spec: CNNSpec, epochs: int | None = None) -> Phase:
@@ -82,7 +83,8 @@ def set_determinism(seed: int, mixed_precision: bool = False) -> None:
 
 def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int,
                  shuffle_seed: int | None = None, mixup_alpha: float = 0.0,
-                 random_shift: float = 0.0, random_zoom: float = 0.0) -> tf.data.Dataset:
+                 random_shift: float = 0.0, random_zoom: float = 0.0,
+                 degrade: float = 0.0) -> tf.data.Dataset:
     """uint8 pixels -> float32 0..255, labels one-hot (or soft targets [N, k] as given);
     shuffled each epoch when seeded.
 
@@ -107,6 +109,12 @@ def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int
         zoom = keras.layers.RandomZoom(random_zoom, random_zoom, fill_mode="reflect",
                                        seed=shuffle_seed, dtype="float32")
         ds = ds.map(lambda images, labels: (zoom(images, training=True), labels))
+    if degrade > 0:  # before mixup: each face is degraded, then faces are mixed
+        from ferpipe.pipeline.degrade import degrade_batch
+
+        seeds = tf.data.Dataset.random(seed=shuffle_seed or 0).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(
+            lambda batch, seed: (degrade_batch(batch[0], seed, degrade), batch[1]))
     if mixup_alpha > 0:
         mixup = keras.layers.MixUp(alpha=mixup_alpha, seed=shuffle_seed, dtype="float32")
 
@@ -183,7 +191,7 @@ def fit(model: keras.Model, data: TrainData, cfg: TrainConfig, phases: list[Phas
             phase.before(model)
         train_ds = make_dataset(data.x_train, data.y_train, k, cfg.batch_size, shuffle_seed=cfg.seed,
                                 mixup_alpha=phase.mixup_alpha, random_shift=phase.random_shift,
-                                random_zoom=phase.random_zoom)
+                                random_zoom=phase.random_zoom, degrade=phase.degrade)
         ema = uses_ema(cfg, phase.epochs * -(-len(data.x_train) // cfg.batch_size))
         model.compile(optimizer=make_optimizer(cfg, phase.learning_rate, ema),
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),

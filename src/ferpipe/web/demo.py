@@ -15,8 +15,8 @@ import numpy as np
 from ferpipe.errors import FerpipeError
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+FORM_OVERHEAD_BYTES = 64 * 1024  # the multipart envelope around the file
 DISPLAY_MAX_SIDE = 1024
-COLOURS = [(60, 180, 75), (230, 50, 50), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; }
@@ -41,27 +41,12 @@ def _page(body: str) -> str:
             f"{body}</body></html>")
 
 
-def annotate(image: np.ndarray, faces: list[dict]) -> np.ndarray:
-    """A BGR copy of `image` with each face's box, number, label and probability drawn on it."""
-    import cv2
-
+def annotate(image: np.ndarray, faces: list[Any]) -> np.ndarray:
+    """A BGR copy of `image` with each face (a `Face`) boxed, numbered and labelled."""
+    from ferpipe.draw import draw_faces
     from ferpipe.imageio import load_image
 
-    canvas = load_image(image).copy()
-    scale = max(canvas.shape[:2]) / 640
-    thickness, font = max(1, round(2 * scale)), 0.6 * max(scale, 0.5)
-    for n, face in enumerate(faces, 1):
-        face = face.to_dict() if hasattr(face, "to_dict") else face
-        x, y, w, h = (int(v) for v in face["box"])
-        colour = COLOURS[(n - 1) % len(COLOURS)][::-1]  # RGB table, OpenCV draws BGR
-        cv2.rectangle(canvas, (x, y), (x + w, y + h), colour, thickness)
-        text = f"{n} {face['emotion']} {max(face['probabilities'].values()):.2f}"
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, thickness)
-        top = y - th - base - 4 if y - th - base - 4 >= 0 else y + h
-        cv2.rectangle(canvas, (x, top), (x + tw + 4, top + th + base + 4), colour, -1)
-        cv2.putText(canvas, text, (x + 2, top + th + 2), cv2.FONT_HERSHEY_SIMPLEX, font,
-                    (255, 255, 255), thickness, cv2.LINE_AA)
-    return canvas
+    return draw_faces(load_image(image), faces, numbered=True)
 
 
 def _jpeg_data_url(image: np.ndarray) -> str:
@@ -76,16 +61,17 @@ def _jpeg_data_url(image: np.ndarray) -> str:
 
 def result_html(name: str, image: np.ndarray, faces: list[Any], classes: list[str]) -> str:
     """The annotated photo and, per face, its label and one probability bar per class."""
+    from ferpipe.draw import COLOURS
+
     parts = []
-    faces = [face.to_dict() if hasattr(face, "to_dict") else face for face in faces]
     for n, face in enumerate(faces, 1):
         colour = "#{:02x}{:02x}{:02x}".format(*COLOURS[(n - 1) % len(COLOURS)])
         rows = "".join(
             f"<div class='row'><span>{html.escape(c)}</span><div class='bar'><span style='width:"
-            f"{100 * face['probabilities'][c]:.1f}%;background:{colour}'></span></div>"
-            f"<span>{100 * face['probabilities'][c]:.0f}%</span></div>" for c in classes)
+            f"{100 * face.probabilities[c]:.1f}%;background:{colour}'></span></div>"
+            f"<span>{100 * face.probabilities[c]:.0f}%</span></div>" for c in classes)
         parts.append(f"<div class='face'><h3>Face {n}: <span class='emotion'>"
-                     f"{html.escape(face['emotion'])}</span></h3>{rows}</div>")
+                     f"{html.escape(face.emotion)}</span></h3>{rows}</div>")
     summary = (f"<p>{len(faces)} face{'s' if len(faces) != 1 else ''} in {html.escape(name)}</p>"
                if faces else f"<p class='noface'>No face found in {html.escape(name)}.</p>")
     alt = html.escape(f"{name} with the faces found")
@@ -111,8 +97,6 @@ def create_app(recognizer: Any) -> Any:
         except FerpipeError as err:
             return None, f"{photo.filename}: {str(err).split(': ', 1)[-1]}"
 
-    def analyze(image: np.ndarray) -> list[dict]:
-        return [face.to_dict() for face in recognizer.analyze(image)]
 
     @app.get("/", response_class=HTMLResponse)
     def form() -> str:
@@ -124,7 +108,7 @@ def create_app(recognizer: Any) -> Any:
         image, error = await read(photo)
         if image is None:
             return HTMLResponse(_page(f"<p class='error'>{html.escape(error)}</p>"), status_code=400)
-        body = result_html(photo.filename or "upload", image, analyze(image), classes)
+        body = result_html(photo.filename or "upload", image, recognizer.analyze(image), classes)
         return HTMLResponse(_page(body))
 
     @app.post("/api/analyze")
@@ -132,6 +116,11 @@ def create_app(recognizer: Any) -> Any:
         image, error = await read(photo)
         if image is None:
             return JSONResponse({"error": error}, status_code=400)
-        return JSONResponse({"faces": analyze(image)})
+        return JSONResponse({"faces": [face.to_dict() for face in recognizer.analyze(image)]})
 
-    return app
+    # Before the form parser: it spools an upload to /tmp whole, so a 1 GB body would be
+    # written out before the endpoint could refuse it; the guard stops reading at the limit.
+    from ferpipe.web.guard import limit_body
+
+    return limit_body(app, MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES,
+                      f"the demo takes photos up to {MAX_UPLOAD_BYTES // 2**20} MB")
