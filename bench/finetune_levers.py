@@ -8,7 +8,6 @@ table printed at the end (and logs/finetune_levers.jsonl) is the evidence for pa
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -77,15 +76,15 @@ def main() -> None:
     out = Path("logs/finetune_levers.jsonl")
     out.parent.mkdir(exist_ok=True)
     for name in names:
-        raw = {**{k: v for k, v in dataclasses.asdict(base_cfg).items() if k != "mix"},
+        raw = {**base_cfg.model_dump(exclude={"mix"}),
                **{k: v for k, v in VARIANTS[name].items() if k != "mix"}}
-        cfg = from_dict(FinetuneConfig, {**raw, "mix": {s: dataclasses.asdict(from_dict(SourceMix, m, s))
+        cfg = from_dict(FinetuneConfig, {**raw, "mix": {s: from_dict(SourceMix, m, s).model_dump()
                                                         for s, m in VARIANTS[name]["mix"].items()}},
                         f"variant {name}")
         set_determinism(train_cfg.seed, train_cfg.mixed_precision)
         start = time.perf_counter()
         with mlflow.start_run(run_name=name, tags={"bench": "finetune_levers", "base_model": str(base)}):
-            mlflow.log_params(flatten({"finetune": {**dataclasses.asdict(cfg)}}))
+            mlflow.log_params(flatten({"finetune": cfg.model_dump()}))
             model, result, drawn = finetune(cfg, train_cfg, PREPARED, base, name)
             scores = per_source_val(model, PREPARED, sources, 256)
             mlflow.log_metrics({f"val_{s}_{k}": v for s, part in scores.items() for k, v in part.items()})

@@ -17,7 +17,7 @@ def main() -> None:
     from ferpipe.pipeline.tracking import stage_run
 
     # The data version is prepare's tracked output (a folder inside it has no DVC md5 of its own).
-    with stage_run("augment", vars(cfg), PREPARED.parent):
+    with stage_run("augment", cfg.model_dump(), PREPARED.parent):
         counts = augment(cfg, PREPARED, OUT_DIR, PREVIEW)
         mlflow.log_metrics(counts)
         mlflow.log_artifact(str(PREVIEW))

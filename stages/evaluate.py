@@ -50,7 +50,7 @@ def main() -> None:
     if not paths:
         raise FileNotFoundError(f"{MODELS}: no trained models (*/model.keras); run `dvc repro` first")
 
-    with stage_run("evaluate", vars(cfg), PREPARED):
+    with stage_run("evaluate", cfg.model_dump(), PREPARED):
         results, rows = {}, {}
         for path in paths:
             for name, result in evaluate_model(path, sources, classes, cfg).items():

@@ -29,8 +29,7 @@ def main() -> None:
 
     set_determinism(train_cfg.seed, train_cfg.mixed_precision)
     use_tracking()
-    params = {"model_name": NAME, "finetune": {**vars(cfg), "mix": {k: vars(v) for k, v in cfg.mix.items()}},
-              "train": vars(train_cfg)}
+    params = {"model_name": NAME, "finetune": cfg.model_dump(), "train": train_cfg.model_dump()}
     with stage_run("finetune", params, PREPARED, run_name=NAME, tags={"model_name": NAME,
                                                                         "base_model": cfg.base}):
         model, result, drawn = finetune(cfg, train_cfg, PREPARED, base, NAME)

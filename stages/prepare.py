@@ -3,7 +3,7 @@ train/val/test, a manifest and a data report each (data/prepared/<source>/)."""
 from pathlib import Path
 
 from ferpipe.pipeline.config import load_section, run_main
-from ferpipe.pipeline.data import PrepareParams, prepare_all
+from ferpipe.pipeline.data import PrepareParams, check_sources, prepare_all
 
 OUT_DIR = Path("data/prepared")
 REPORT = Path("metrics/data.json")
@@ -11,17 +11,15 @@ REPORT = Path("metrics/data.json")
 
 def main() -> None:
     cfg = load_section("prepare", PrepareParams)
-    for name, spec in cfg.sources.items():  # before MLflow starts: a missing file is one line now
-        if not Path(spec.source).exists():
-            raise FileNotFoundError(f"{spec.source}: source '{name}' not found (run `dvc pull`?)")
+    check_sources(cfg)  # before MLflow starts: a missing file is one line now
     # Imported only now: MLflow takes seconds to load, and a params mistake is reported at once.
     import mlflow
 
     from ferpipe.pipeline.tracking import flatten, stage_run
 
     sources = [spec.source for spec in cfg.sources.values()]
-    with stage_run("prepare", flatten({"sources": {k: vars(v) for k, v in cfg.sources.items()}})
-                   | {k: v for k, v in vars(cfg).items() if k != "sources"}, sources[0]):
+    with stage_run("prepare", flatten({"sources": {k: v.model_dump() for k, v in cfg.sources.items()}})
+                   | cfg.model_dump(exclude={"sources"}), sources[0]):
         report = prepare_all(cfg, OUT_DIR, REPORT)
         metrics = {}
         for name, part in report["sources"].items():

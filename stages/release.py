@@ -41,7 +41,7 @@ def main() -> None:
     sources = sorted(p.parent for p in Path("data/prepared").glob("*/test.npz"))
     x_test, y_test, classes = load_split(sources[-1], "test")
     every_test_face = np.concatenate([load_split(s, "test")[0] for s in sources])
-    with stage_run("release", vars(cfg), "data/prepared", tags={"model_name": name}):
+    with stage_run("release", cfg.model_dump(), "data/prepared", tags={"model_name": name}):
         exported = export(Path("models/trained") / model_name / "model.keras", OUT_DIR, x_test,
                           y_test, cfg, classes, every_test_face, tta=evaluation["champion_tta"])
         commit, dirty = git_state()

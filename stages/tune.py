@@ -4,7 +4,6 @@ lead over the baseline's own trial is beyond validation noise (else the baseline
 Distributed: run this same script on every machine with KERASTUNER_TUNER_ID=chief (one,
 via `dvc repro tune`) or worker<N>, plus KERASTUNER_ORACLE_IP/_PORT naming the chief.
 """
-import dataclasses
 import json
 import os
 import shutil
@@ -70,7 +69,7 @@ def main() -> None:
     if resumed:  # an interrupted search: reopen its parent run so all trials sit under one
         os.environ["MLFLOW_RUN_ID"] = resumed
         print(f"tune: resuming search {project}; closed {close_stale_trials(resumed)} stale trial runs")
-    params = {"tune": dataclasses.asdict(cfg), "train": vars(train_cfg), "baseline": vars(base)}
+    params = {"tune": cfg.model_dump(), "train": train_cfg.model_dump(), "baseline": base.model_dump()}
     with stage_run("tune", params, AUGMENTED_DIR, tags={"search_id": project}) as run:
         os.environ.pop("MLFLOW_RUN_ID", None)  # else child runs would reopen the parent
         search = tuner(run.info.run_id)
@@ -85,7 +84,7 @@ def main() -> None:
         retrain, reason = retrain_winner(summary, cfg.objective, len(search_data.y_val))
         chosen = search.get_best_hyperparameters(1)[0] if retrain else search.oracle.hyperparameters.copy()
         spec, optimizer = search.hypermodel.spec(chosen, base.epochs)
-        final_cfg = dataclasses.replace(train_cfg, optimizer=optimizer)
+        final_cfg = train_cfg.model_copy(update={"optimizer": optimizer})
         baseline_paths = output_paths(cfg.baseline)
         mlflow.set_tag("winner_decision", reason)
         print(f"tune: {reason}")

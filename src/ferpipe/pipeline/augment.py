@@ -1,30 +1,13 @@
 """Stage `augment`: seeded, materialised augmented copies of the training split."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 from scipy import ndimage
 
 from ferpipe.files import atomic_paths, load_split, write_npz_in_place
-from ferpipe.pipeline.config import Range
-from ferpipe.pipeline.params import Fraction, Seed
-
-
-@dataclass
-class AugmentConfig:
-    # Ranges are declared beside the fields (checked by ferpipe.pipeline.config when params are loaded).
-    copies: Annotated[int, Range(0, 20)] = 2  # augmented copies per training image, beside the original
-    brightness: Fraction = 0.3  # factor drawn from [1 - b, 1 + b]
-    flip_prob: Annotated[float, Range(0, 1)] = 0.5
-    shear: Annotated[float, Range(0, 1)] = 0.3  # radians, as Keras' shear_range (1 rad is 57 degrees)
-    rotation_deg: Annotated[float, Range(0, 180)] = 10.0
-    zoom: Fraction = 0.1
-    shift: Fraction = 0.1  # fraction of the image side
-    seed: Seed = 42
-    preview_images: Annotated[int, Range(1, 64)] = 8  # rows of plots/augment_preview.png
+from ferpipe.pipeline.params import AugmentConfig
 
 
 def augment_image(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:

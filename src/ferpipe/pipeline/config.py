@@ -1,15 +1,12 @@
-"""Load one section of params.yaml into a typed, validated dataclass.
+"""Load one section of params.yaml into its typed, validated model.
 
-Config flows one way: params.yaml -> dataclass (validated here, once) -> plain
-function arguments. The dataclasses live in ferpipe.pipeline.params (those of modules that import
-TensorFlow, so params are checked before it loads) or beside their TF-free module (data,
-augment); each field declares its type, and numbers their `Range`, here checked on load.
+Config flows one way: params.yaml -> a pydantic model of ferpipe.pipeline.params (validated
+here, once) -> plain function arguments. A validation error becomes one line naming the file,
+the key path, the rule and the value.
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
-import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,135 +28,69 @@ class ConfigError(PipelineError):
     """A params value or key is wrong; the message names the key and the file."""
 
 
-def _num(x: float) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
-
-
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """A numeric param's allowed interval, declared beside its field.
-
-    `learning_rate: Annotated[float, Range(0, 1, min_open=True)]` allows (0, 1]; None is
-    unbounded on that side."""
-    min: float | None = None
-    max: float | None = None
-    min_open: bool = False
-    max_open: bool = False
-
-    def __str__(self) -> str:
-        low = "-inf" if self.min is None else _num(self.min)
-        high = "inf" if self.max is None else _num(self.max)
-        left = "(" if self.min_open or self.min is None else "["
-        right = ")" if self.max_open or self.max is None else "]"
-        return f"{left}{low}, {high}{right}"
-
-    def check(self, value: float, where: str) -> None:
-        low_ok = self.min is None or (value > self.min if self.min_open else value >= self.min)
-        high_ok = self.max is None or (value < self.max if self.max_open else value <= self.max)
-        if not (low_ok and high_ok):  # NaN fails both
-            raise ConfigError(f"{where}: {value!r} is out of range {self}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Length:
-    """How many items a list param (or characters a string param) may have."""
-    min: int = 1
-    max: int | None = None
-    meaning: str = ""  # e.g. "[min, max]", shown in the error
-
-    def check(self, value: Any, where: str) -> None:
-        if len(value) >= self.min and (self.max is None or len(value) <= self.max):
-            return
-        if isinstance(value, str) or (self.min == 1 and self.max is None):
-            raise ConfigError(f"{where}: must not be empty, got {value!r}")
-        if self.max == self.min:
-            count = f"exactly {self.min}"
-        else:
-            count = f"{self.min} to {self.max}" if self.max is not None else f"at least {self.min}"
-        meaning = f" {self.meaning}" if self.meaning else ""
-        raise ConfigError(f"{where}: expected {count} values{meaning}, got {value!r}")
-
-
-NON_EMPTY = Length(1)
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is typing.Annotated:  # a type plus its declared rules (Range, Length)
-        value = _coerce(value, args[0], where)
-        for rule in hint.__metadata__:
-            if hasattr(rule, "check"):
-                rule.check(value, where)
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
-    if origin is typing.Literal:
-        # `True in (1, 3)` holds in Python; a yes/no is not a kernel size.
-        is_bool = isinstance(value, bool) and not any(isinstance(a, bool) for a in args)
-        if is_bool or value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
-        return args[args.index(value)]
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        item = args[0] if args else Any
-        out = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(out) if origin is tuple else out
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return {k: _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, where)
-    if hint is Any:
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if hint is str and isinstance(value, str):
-        return value
-    hint_text = ""
-    if hint is float and isinstance(value, str):
-        try:
-            float(value)
-            hint_text = f" (YAML reads {value} as text: write it with a dot, e.g. 1.0e-5)"
-        except ValueError:
-            pass
-    raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}{hint_text}")
+def _where(base: str, loc: tuple) -> str:
+    """`params.yaml:train` + ('space', 'optimizer', 0) -> `params.yaml:train.space.optimizer[0]`."""
+    out = base
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
 
 
 def from_dict(cls: type[T], raw: Any, where: str) -> T:
-    """Build dataclass `cls` from a mapping, refusing unknown keys and bad types."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls, include_extras=True)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (allowed: {', '.join(fields)})")
-    kwargs = {}
-    for name, field in fields.items():
-        if name in raw:
-            kwargs[name] = _coerce(raw[name], hints[name], f"{where}.{name}")
-        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{where}: missing required key '{name}'")
-    obj = cls(**kwargs)
-    check = getattr(obj, "validate", None)
-    if check is not None:
-        try:
-            check()
-        except ValueError as err:
-            raise ConfigError(f"{where}: {err}") from None
-    return obj
+    """Validate `raw` into the params model `cls`; the first problem is one ConfigError line
+    naming the key path, the rule and the value given."""
+    from pydantic import ValidationError
+
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.endswith("]")))
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            allowed = ", ".join(_fields_at(cls, loc[:-1]))
+            raise ConfigError(f"{_where(where, loc[:-1])}: unknown key '{loc[-1]}' (allowed: {allowed})") from None
+        if first["type"] == "missing":
+            raise ConfigError(f"{_where(where, loc[:-1])}: missing required key '{loc[-1]}'") from None
+        if first["type"] == "value_error" and not loc:  # a check across fields: the section is named
+            raise ConfigError(f"{_where(where, loc)}: {message}") from None
+        given = first.get("input")
+        message = _rule(first["type"], first.get("ctx") or {}, message)
+        hint = ""
+        if isinstance(given, str) and first["type"] in ("float_type", "int_type"):
+            try:
+                float(given)
+                hint = f" (YAML reads {given} as text: write it with a dot, e.g. 1.0e-5)"
+            except ValueError:
+                pass
+        raise ConfigError(f"{_where(where, loc)}: {message}, got {given!r}{hint}") from None
+
+
+_BOUNDS = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
+           "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}
+
+
+def _rule(kind: str, ctx: dict, message: str) -> str:
+    """pydantic's message as the rule it states: "must be >= 1", "must be one of a, b, c"."""
+    if kind in _BOUNDS:
+        sign, key = _BOUNDS[kind]
+        return f"must be {sign} {ctx[key]}"
+    if kind == "literal_error":
+        return "must be one of " + str(ctx["expected"]).replace("'", "").replace(" or ", ", ")
+    return message
+
+
+def _fields_at(cls: Any, loc: tuple) -> list[str]:
+    """The field names of the model at `loc` inside `cls` (for an unknown key's message)."""
+    model = cls
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part) if isinstance(part, str) else None
+        if field is None:
+            break
+        annotation = field.annotation
+        inner = [a for a in typing.get_args(annotation) if hasattr(a, "model_fields")]
+        model = annotation if hasattr(annotation, "model_fields") else (inner[-1] if inner else model)
+    return list(getattr(model, "model_fields", {}))
 
 
 def read_params(path: Path | str = PARAMS_FILE) -> dict:

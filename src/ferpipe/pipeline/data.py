@@ -6,7 +6,7 @@ import math
 import re
 import tempfile
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -30,117 +30,30 @@ from ferpipe.pipeline.images import (  # noqa: F401
     iter_images,
     one_line,
 )
+from ferpipe.pipeline.params import PrepareConfig, PrepareParams, SourceSpec  # noqa: F401  (re-exported)
 
 SPLITS = ("train", "val", "test")
 DROP_REASONS = (*ENTRY_REASONS, "near_blank", "conflicting_label_duplicates", "duplicate_copies")
 SKIPPED_LISTED = 100  # names listed in the report; the count covers all
 
 
-@dataclass
-class PrepareConfig:
-    """Params of `prepare`.
-
-    Images are converted to 8-bit grayscale. One that is not image_px x image_px is cut to
-    its centred square (face crops are centred, so this keeps the face and its aspect ratio
-    instead of squashing it), then resized: area-averaged when shrinking, bicubic when
-    enlarging. image_px x image_px images pass unchanged; 16-bit grayscale is scaled to 8 bits.
-    The max_* limits are checked before an entry is read (its size in the archive) and
-    before an image is decoded (the size in its header)."""
-
-    source: str
-    classes: list[str] = field(default_factory=lambda: ["happy", "neutral", "sad", "surprise"])
-    image_px: int = 48
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    blank_std_threshold: float = 2.0
-    skip_corrupt: bool = False
-    seed: int = 42
-    max_entry_megabytes: float = 50.0
-    max_total_megabytes: float = 4096.0
-    max_image_megapixels: float = 25.0
-    # A regular expression over each file's stem whose first group names its group (a person):
-    # then val and test are drawn by group, stratified by class, so no group is in two splits.
-    group_pattern: str = ""
-    # "center": the centred square of each image (face crops); "detect": the face found by the
-    # core's detector and cut by its crop function, as at use (faces with context around them).
-    framing: str = "center"
-
-    def validate(self) -> None:
-        if self.framing not in ("center", "detect"):
-            raise ValueError(f"framing must be 'center' or 'detect', got {self.framing!r}")
-        if not self.source.strip():
-            raise ValueError("source must name a zip archive or a folder, got ''")
-        if self.group_pattern:
-            try:
-                groups = re.compile(self.group_pattern).groups
-            except re.error as err:
-                raise ValueError(f"group_pattern {self.group_pattern!r} is not a regular "
-                                 f"expression ({err})") from None
-            if groups < 1:
-                raise ValueError(f"group_pattern {self.group_pattern!r} needs a (group) naming "
-                                 "the person, e.g. '(.+)_\\d+'")
-        if len(self.classes) < 2 or len({c.lower() for c in self.classes}) != len(self.classes):
-            raise ValueError(f"classes must be 2 or more distinct names (case-insensitive, as "
-                             f"folder names are), got {self.classes}")
-        if not 8 <= self.image_px <= 512:
-            raise ValueError(f"image_px must be in 8..512, got {self.image_px}")
-        for name in ("val_fraction", "test_fraction"):
-            if not 0.0 < getattr(self, name) < 0.5:
-                raise ValueError(f"{name} must be in (0, 0.5), got {getattr(self, name)}")
-        for name in ("max_entry_megabytes", "max_total_megabytes", "max_image_megapixels"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-
-    def limits(self) -> ReadLimits:
-        return ReadLimits(int(self.max_entry_megabytes * MB), int(self.max_total_megabytes * MB),
-                          int(self.max_image_megapixels * MP))
+def read_limits(cfg: PrepareConfig) -> ReadLimits:
+    """The prepare.max_* params as the reader's limits (bytes and pixels)."""
+    return ReadLimits(int(cfg.max_entry_megabytes * MB), int(cfg.max_total_megabytes * MB),
+                      int(cfg.max_image_megapixels * MP))
 
 
-@dataclass
-class SourceSpec:
-    """One source of faces under params `prepare.sources.<name>`: where it is and how it is split."""
-
-    source: str
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    group_pattern: str = ""
-    framing: str = "center"
-
-
-@dataclass
-class PrepareParams:
-    """Params section `prepare`: the sources, and the settings they share (PrepareConfig's)."""
-
-    sources: dict[str, SourceSpec]
-    classes: list[str] = field(default_factory=lambda: ["happy", "neutral", "sad", "surprise"])
-    image_px: int = 48
-    blank_std_threshold: float = 2.0
-    skip_corrupt: bool = False
-    seed: int = 42
-    max_entry_megabytes: float = 50.0
-    max_total_megabytes: float = 4096.0
-    max_image_megapixels: float = 25.0
-
-    def validate(self) -> None:
-        if not self.sources:
-            raise ValueError("sources must name at least one source")
-        for name in self.sources:
-            if not re.fullmatch(r"[a-z0-9_]+", name):
-                raise ValueError(f"source name {name!r}: use lower-case letters, digits and _ "
-                                 "(it is a folder name and a metrics key)")
-            self.for_source(name).validate()
-
-    def for_source(self, name: str) -> PrepareConfig:
-        shared = {k: v for k, v in vars(self).items() if k != "sources"}
-        return PrepareConfig(**vars(self.sources[name]), **shared)
+def check_sources(params: PrepareParams) -> None:
+    """Every source is there, before any is read (and before a stage starts MLflow)."""
+    for name, spec in params.sources.items():
+        if not Path(spec.source).exists():
+            raise FileNotFoundError(f"{spec.source}: source '{name}' not found (run `dvc pull`?)")
 
 
 def prepare_all(params: PrepareParams, out_dir: Path, report_path: Path) -> dict:
     """Every source into out_dir/<name>/ (train, val, test npz and a manifest); one report
-    with a section per source. Every source is checked before any is read."""
-    for name, spec in params.sources.items():
-        if not Path(spec.source).exists():
-            raise FileNotFoundError(f"{spec.source}: source '{name}' not found (run `dvc pull`?)")
+    with a section per source."""
+    check_sources(params)
     reports = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in params.sources:
@@ -164,7 +77,7 @@ class Sample:
 def load_samples(cfg: PrepareConfig, report: dict) -> list[Sample]:
     """Decode every image, all classes (duplicates are judged across all); count drops."""
     samples, seen_classes, skipped = [], Counter(), []
-    limits = cfg.limits()
+    limits = read_limits(cfg)
     kind = "file" if Path(cfg.source).is_dir() else "entry"
     images = iter_images(Path(cfg.source), limits=limits, skip_corrupt=cfg.skip_corrupt, skipped=skipped)
     # Reading FER2013 takes ~25 s: a bar in a terminal; none in logs or pipes (disable=None).

@@ -6,7 +6,6 @@ is chosen on the sources' validation splits together; `evaluate` judges each sou
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -83,8 +82,8 @@ def finetune(cfg: FinetuneConfig, train_cfg: TrainConfig, prepared_dir: Path, ba
     data = TrainData(x[order][..., None], y[order], x_val[..., None], y_val, classes)
     phase = Phase(name, cfg.epochs, cfg.learning_rate, random_shift=cfg.random_shift,
                   mixup_alpha=cfg.mixup_alpha, random_zoom=cfg.random_zoom, degrade=cfg.degrade,
-                  before=freeze_batchnorm if cfg.freeze_batchnorm else None)
-    train_cfg = dataclasses.replace(train_cfg, ema_momentum=cfg.ema_momentum)
+                  before=freeze_batchnorm if cfg.freeze_batchnorm else None,
+                  ema_momentum=cfg.ema_momentum)  # the fine-tune's own, in place of train's
     return model, fit(model, data, train_cfg, [phase]), drawn
 
 

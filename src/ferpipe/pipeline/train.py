@@ -54,6 +54,7 @@ class Phase:
     mixup_alpha: float = 0.0  # online mixup of the training batches (0: off)
     random_zoom: float = 0.0  # online zoom in and out by up to this fraction (0: off)
     degrade: float = 0.0  # each degradation kind's probability per image (pipeline/degrade.py; 0: off)
+    ema_momentum: float | None = None  # Polyak averaging in this phase (None: train.ema_momentum)
 
     @classmethod
     def for_spec(cls, name: str, spec: CNNSpec, epochs: int | None = None) -> Phase:
@@ -192,8 +193,10 @@ def fit(model: keras.Model, data: TrainData, cfg: TrainConfig, phases: list[Phas
         train_ds = make_dataset(data.x_train, data.y_train, k, cfg.batch_size, shuffle_seed=cfg.seed,
                                 mixup_alpha=phase.mixup_alpha, random_shift=phase.random_shift,
                                 random_zoom=phase.random_zoom, degrade=phase.degrade)
-        ema = uses_ema(cfg, phase.epochs * -(-len(data.x_train) // cfg.batch_size))
-        model.compile(optimizer=make_optimizer(cfg, phase.learning_rate, ema),
+        phase_cfg = cfg if phase.ema_momentum is None else cfg.model_copy(
+            update={"ema_momentum": phase.ema_momentum})
+        ema = uses_ema(phase_cfg, phase.epochs * -(-len(data.x_train) // cfg.batch_size))
+        model.compile(optimizer=make_optimizer(phase_cfg, phase.learning_rate, ema),
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
                       metrics=["accuracy"])
         logger = EpochLogger(phase.name, history, log_to_mlflow)
@@ -274,7 +277,7 @@ def run_training_stage(stage: str, name: str, spec: object, cfg: TrainConfig,
     set_determinism(cfg.seed, cfg.mixed_precision)
     use_tracking()  # an unusable tracker is reported before the data is read
     data = load_train_data(AUGMENTED_DIR, PREPARED_DIR, cfg.max_train_images, cfg.seed)
-    params = {"model_name": name, "model": vars(spec), "train": vars(cfg)}
+    params = {"model_name": name, "model": spec.model_dump(), "train": cfg.model_dump()}
     with stage_run(stage, params, AUGMENTED_DIR, run_name=name, tags={"model_name": name}):
         model, phases = build(len(data.classes))
         result = fit(model, data, cfg, phases)

@@ -5,7 +5,6 @@ Keras Tuner's own chief/worker mode (KERASTUNER_TUNER_ID / _ORACLE_IP / _ORACLE_
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -34,11 +33,11 @@ def spec_from_hp(hp: kt.HyperParameters, space: SearchSpace, base: CNNSpec, base
                  epochs: int) -> tuple[CNNSpec, str]:
     """Declare (or read) the trial's recipe on top of the baseline's spec; returns spec, optimizer."""
     dropout = _choice(hp, "dropout", space.dropout, base.dense_dropout)
-    spec = dataclasses.replace(
-        base, epochs=epochs, dense_dropout=dropout,
+    spec = base.model_copy(update=dict(
+        epochs=epochs, dense_dropout=dropout,
         block_dropout=round(dropout / 2, 2) if base.block_dropout else 0.0,
         random_shift=_choice(hp, "random_shift", space.random_shift, base.random_shift),
-        learning_rate=_choice(hp, "learning_rate", space.learning_rate, base.learning_rate))
+        learning_rate=_choice(hp, "learning_rate", space.learning_rate, base.learning_rate)))
     return spec, _choice(hp, "optimizer", list(space.optimizer), base_optimizer)
 
 
@@ -60,7 +59,7 @@ class CNNHyperModel(kt.HyperModel):
     def fit(self, hp, model, data: TrainData, epochs: int = 1, initial_epoch: int = 0,
             callbacks=None, **kwargs):
         spec, optimizer = self.spec(hp, epochs)
-        cfg = dataclasses.replace(self.train_cfg, optimizer=optimizer)
+        cfg = self.train_cfg.model_copy(update={"optimizer": optimizer})
         phase = Phase.for_spec("search", spec, epochs=epochs - initial_epoch)
         result = fit(model, data, cfg, [phase], extra_callbacks=callbacks)
         return {"val_accuracy": result["val_accuracy"], "val_loss": result["val_loss"]}
@@ -107,8 +106,8 @@ ORACLES = {"random": kt.oracles.RandomSearchOracle, "bayesian": kt.oracles.Bayes
 
 def search_id(cfg: TuneConfig, train_cfg: TrainConfig, base: CNNSpec, data_version: str) -> str:
     """Names the tuner project: the same search settings resume, new ones start afresh."""
-    key = dataclasses.asdict(cfg)
-    key.update(train=dataclasses.asdict(train_cfg), base=dataclasses.asdict(base), data=data_version)
+    key = cfg.model_dump()
+    key.update(train=train_cfg.model_dump(), base=base.model_dump(), data=data_version)
     return "search_" + hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
