@@ -28,8 +28,10 @@ test: install
 	$(UV) run dvc pull data/raw/fer2013_train.zip.dvc data/weights/*.dvc
 	$(UV) run pytest -q
 
-# The edit-test loop: no subprocesses, no browser, no dvc repro; two workers.
+# The edit-test loop: no subprocesses, no browser, no dvc repro; two workers. It pulls the
+# same versioned inputs as `make test` (a fresh clone has none).
 test-fast: install
+	$(UV) run dvc pull -q data/raw/fer2013_train.zip.dvc data/weights/*.dvc
 	$(UV) run pytest -q -m "not slow and not proc" -n 2
 
 # The whole pipeline on a tiny synthetic dataset in a scratch copy (a few minutes).

@@ -35,27 +35,3 @@ def tiny_project(tmp_path_factory) -> Path:
     dest = make_project(tmp_path_factory.mktemp("tiny") / "project", ROOT)
     run([sys.executable, "-m", "dvc", "repro"], dest, env={"MLFLOW_TRACKING_URI": ""})
     return dest
-
-
-def _starts_processes(item: pytest.Item) -> bool:
-    """Whether a test (or a fixture it asks for, defined under tests/) runs other processes."""
-    import inspect
-
-    funcs = [getattr(item, "function", None)]
-    for defs in getattr(item, "_fixtureinfo", None).name2fixturedefs.values() if hasattr(item, "_fixtureinfo") else []:
-        funcs += [d.func for d in defs if str(ROOT / "tests") in (inspect.getsourcefile(d.func) or "")]
-    for func in filter(None, funcs):
-        try:
-            source = inspect.getsource(func)
-        except (OSError, TypeError):
-            continue
-        if any(mark in source for mark in ("subprocess.", "Popen(", "run([", "served(")):
-            return True
-    return False
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`proc` marks tests that start processes: the fast tier (`make test-fast`) leaves them out."""
-    for item in items:
-        if _starts_processes(item):
-            item.add_marker(pytest.mark.proc)

@@ -124,6 +124,7 @@ def test_alpha_is_composited_on_white(recognizer):
     assert recognizer.analyze(rgba) == recognizer.analyze(astronaut())
 
 
+@pytest.mark.proc
 def test_import_and_one_analyze_load_no_pipeline_package(tmp_path):
     cv2.imwrite(str(tmp_path / "a.jpg"), astronaut())
     code = ("import sys, ferpipe; assert 'numpy' not in sys.modules, 'import ferpipe loads numpy'; "

@@ -70,6 +70,7 @@ def test_missing_model_entry_lists_known_ones(tmp_path):
         load_entry("baselines", "b", CNNSpec, path)
 
 
+@pytest.mark.proc
 def test_stage_exits_nonzero_with_one_line_error(tmp_path):
     write_params(tmp_path, "prepare:\n  sources: {a: {source: missing.zip}}\n  colour: gray\n")
     proc = subprocess.run([sys.executable, str(ROOT / "stages/prepare.py")], cwd=tmp_path,
@@ -81,6 +82,7 @@ def test_stage_exits_nonzero_with_one_line_error(tmp_path):
         "max_image_megapixels)"]
 
 
+@pytest.mark.proc
 def test_a_missing_source_is_reported_before_mlflow_starts(tmp_path):
     write_params(tmp_path, "prepare:\n  sources: {a: {source: missing.zip}}\n")
     proc = subprocess.run([sys.executable, str(ROOT / "stages/prepare.py")], cwd=tmp_path,
@@ -91,6 +93,7 @@ def test_a_missing_source_is_reported_before_mlflow_starts(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()  # no run was started, so none is left FAILED
 
 
+@pytest.mark.proc
 def test_a_failing_stage_marks_its_mlflow_run_failed(tmp_path):
     (tmp_path / "bad.zip").write_bytes(b"not a zip")
     write_params(tmp_path, "prepare:\n  sources: {a: {source: bad.zip}}\n")
@@ -110,6 +113,7 @@ use_tracking(sys.argv[1])
 """
 
 
+@pytest.mark.proc
 def test_processes_opening_a_new_tracking_db_at_once_all_succeed(tmp_path):
     # a tuning chief and its workers start together on a fresh mlflow.db
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -128,10 +132,13 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
 
 
-def test_npz_bytes_do_not_depend_on_time(tmp_path):
+def test_npz_bytes_do_not_depend_on_time(tmp_path, monkeypatch):
     import time
+
     write_npz(tmp_path / "a.npz", x=np.arange(3))
-    time.sleep(2.1)  # zip timestamps have 2 s resolution
+    later = time.time() + 3600  # an hour on: zip timestamps would differ (2 s resolution)
+    monkeypatch.setattr(time, "time", lambda: later)
+    monkeypatch.setattr(time, "localtime", lambda secs=None: time.gmtime(later))
     write_npz(tmp_path / "b.npz", x=np.arange(3))
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
 

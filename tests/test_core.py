@@ -28,6 +28,7 @@ def test_the_release_runs_on_onnx_runtime_with_classes_from_the_file():
     assert classifier.predict_proba(samples["x"]) == pytest.approx(samples["probs"], abs=1e-5)
 
 
+@pytest.mark.proc
 def test_import_and_analyze_load_no_tensorflow_and_print_nothing(tmp_path):
     """In a fresh process in another folder (no params.yaml near): nothing on stderr, no TF."""
     photo = tmp_path / "photo.jpg"

@@ -101,6 +101,7 @@ def test_app_answers_a_photo_with_labels_and_refuses_a_non_image(app_url, photos
     assert status == 200 and face["emotion"] in CLASSES and len(face["box"]) == 4
 
 
+@pytest.mark.proc
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium)")
 def test_upload_a_photo_in_a_real_browser(photos, tmp_path):

@@ -58,7 +58,7 @@ def test_gradcam_reaches_into_a_backbone_and_a_tta_wrapper_and_refuses_a_model_w
 
 
 def test_grid_png_is_written_atomically(release, tmp_path):
-    from ferpipe.pipeline.evaluate import gradcam_grid
+    from ferpipe.pipeline.reports import gradcam_grid
 
     model, classes, x, y = release
     path = gradcam_grid(model, x, y, classes, tmp_path / "plots/gradcam.png", per_class=3)
@@ -109,6 +109,7 @@ def test_explain_command_writes_an_overlay_per_face_and_names_bad_files(face_png
     assert "coffee.jpg: no face found" in capsys.readouterr().out
 
 
+@pytest.mark.proc
 @pytest.mark.slow
 def test_ferpipe_explain_console_command(face_png, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ferpipe", "explain", str(face_png), "--no-detect",

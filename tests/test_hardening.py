@@ -122,6 +122,7 @@ def test_interrupted_stage_says_so_and_exits_130(capsys):
     assert run_stage(capsys, KeyboardInterrupt()) == (130, ["error: interrupted"])
 
 
+@pytest.mark.proc
 def test_a_library_value_error_keeps_its_traceback(tmp_path):
     script = textwrap.dedent("""
         from ferpipe.pipeline.config import run_main
@@ -363,6 +364,7 @@ def test_missing_transfer_weights_file_is_named_by_its_params_key(tmp_path):
         check_weights_file(TransferSpec(backbone="mobilenet_v2", weights=word), "x")
 
 
+@pytest.mark.proc
 def test_transfer_stage_checks_its_weights_file_before_tensorflow_loads(tmp_path):
     (tmp_path / "params.yaml").write_text(textwrap.dedent("""
         transfer:

@@ -154,6 +154,7 @@ def test_a_flat_picture_is_no_face_and_channel_names_take_any_case():
     assert recognizer.analyze(rgb, channels="rgb") == recognizer.analyze(rgb, channels="RGB")
 
 
+@pytest.mark.proc
 def test_predict_into_a_closed_pipe_stops_quietly(tmp_path):
     for i in range(4):
         cv2.imwrite(str(tmp_path / f"{i}.jpg"), astronaut())
@@ -175,6 +176,7 @@ def test_version_and_a_missing_extra_are_one_line(monkeypatch, capsys):
     assert main(["demo"]) == 1 and "pip install 'ferpipe[demo]'" in capsys.readouterr().err
 
 
+@pytest.mark.proc
 def test_the_readme_curl_body_is_built_without_the_argument_limit(tmp_path):
     """The README's request, with `cat` in curl's place: a 300 KB photo makes valid JSON."""
     readme = (ROOT / "README.md").read_text()

@@ -151,6 +151,7 @@ finally:
 """
 
 
+@pytest.mark.proc
 @pytest.mark.parametrize("script", sorted(BAD_PARAMS))
 def test_stage_refuses_bad_params_before_loading_tensorflow_or_mlflow(tmp_path, script):
     write_params(tmp_path, BAD_PARAMS[script])
@@ -162,6 +163,7 @@ def test_stage_refuses_bad_params_before_loading_tensorflow_or_mlflow(tmp_path, 
     assert proc.stdout.strip() == "[]"  # none of the slow imports happened
 
 
+@pytest.mark.proc
 def test_tiny_outside_a_project_says_where_to_run_it_and_leaves_no_dest(tmp_path):
     dest = tmp_path / "tiny"
     proc = subprocess.run([sys.executable, "-m", "ferpipe.pipeline.tiny", str(dest), "--source", str(tmp_path)],
@@ -173,6 +175,7 @@ def test_tiny_outside_a_project_says_where_to_run_it_and_leaves_no_dest(tmp_path
     assert not dest.exists()
 
 
+@pytest.mark.proc
 def test_tiny_failing_half_way_removes_what_it_wrote(tmp_path):
     dest = tmp_path / "tiny"
     env = {**os.environ, "PATH": str(tmp_path)}  # no git: fails after copying the project
@@ -183,6 +186,7 @@ def test_tiny_failing_half_way_removes_what_it_wrote(tmp_path):
     assert not dest.exists()
 
 
+@pytest.mark.proc
 def test_tiny_refuses_a_dest_that_is_not_empty(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     proc = subprocess.run([sys.executable, "-m", "ferpipe.pipeline.tiny", str(tmp_path), "--source", str(ROOT)],
@@ -222,6 +226,7 @@ print("fitted")
 """
 
 
+@pytest.mark.proc
 @pytest.mark.slow
 def test_cpu_training_prints_no_startup_noise():
     env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}

@@ -17,6 +17,7 @@ def dvc(project, *args):
     return run([sys.executable, "-m", "dvc", *args], project, env={"MLFLOW_TRACKING_URI": ""})
 
 
+@pytest.mark.proc
 def test_outputs_of_every_stage(tiny_project):
     for source in SOURCES:
         for split in ("train", "val", "test"):
@@ -53,6 +54,7 @@ def test_outputs_of_every_stage(tiny_project):
     assert card["model"] == evaluation["champion"] and card["classes"] == params["prepare"]["classes"]
 
 
+@pytest.mark.proc
 def test_mlflow_holds_one_finished_run_per_stage_with_params_and_metrics(tiny_project):
     import mlflow
     import pandas as pd
@@ -83,11 +85,13 @@ def test_mlflow_holds_one_finished_run_per_stage_with_params_and_metrics(tiny_pr
     assert len(out) == 2 and set(out[0]["faces"][0]["probabilities"]) == set(classes)
 
 
+@pytest.mark.proc
 def test_second_repro_does_nothing(tiny_project):
     out = dvc(tiny_project, "repro").stdout
     assert "Running stage" not in out and "up to date" in out
 
 
+@pytest.mark.proc
 def test_released_model_loads_with_plain_keras(tiny_project):
     import keras
 
@@ -97,6 +101,7 @@ def test_released_model_loads_with_plain_keras(tiny_project):
     np.testing.assert_allclose(probs, samples["probs"], atol=1e-5)
 
 
+@pytest.mark.proc
 def test_evaluate_param_reruns_only_evaluate_and_retraining_does_not_force_it(tiny_project):
     params_path = tiny_project / "params.yaml"
     original = params_path.read_text()

@@ -28,6 +28,7 @@ def test_the_offline_template_is_current_and_links_nothing():
     assert not re.search(r"<script[^>]+src=", text)
 
 
+@pytest.mark.proc
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium)")
 def test_dvc_plots_draw_offline_in_a_real_browser(tmp_path):

@@ -246,6 +246,7 @@ def test_score_errors_are_one_line(cli, tmp_path):
     assert rc == 1 and len(err) == 1 and "no labelled images of the model's classes" in err[0]
 
 
+@pytest.mark.proc
 def test_help_explains_each_command_without_loading_tensorflow():
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     for args in ([], ["predict"], ["score"]):
@@ -264,6 +265,7 @@ def readme_commands(heading: str) -> list[str]:
     return [c.split("#")[0].strip() for c in block if c.strip() and not c.startswith("#")]
 
 
+@pytest.mark.proc
 @pytest.mark.slow
 def test_readme_install_and_quick_start_from_a_clean_copy(tmp_path):
     """The README's install commands, in a copy of what git carries, then its first predict."""
@@ -291,10 +293,12 @@ def test_readme_install_and_quick_start_from_a_clean_copy(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flavor", ["keras", "pyfunc"])
+@pytest.mark.parametrize("flavor", ["keras", "pyfunc", "onnx"])
 def test_model_from_the_registry(flavor, tmp_path, monkeypatch, cli, media):
-    """`--model models:/fer-emotion@champion`: a Keras flavor (as evaluate logs today) or the
-    serving pyfunc; a name that is not registered is one line."""
+    """`--model models:/fer-emotion@champion`: the serving pyfunc (Keras inside, as evaluate
+    registers it, or the release's ONNX file); a plain Keras flavor carries no class names and
+    is refused in one line (the classes never come from a params.yaml nearby); a name that is
+    not registered is one line."""
     import keras
     import mlflow
 
@@ -314,10 +318,18 @@ def test_model_from_the_registry(flavor, tmp_path, monkeypatch, cli, media):
             model = keras.models.load_model(RELEASE / "model.keras")
             info = log_keras_model(model, samples["x"][:2, ..., None].astype("float32"))
         else:
-            serve = pytest.importorskip("ferpipe.web.pyfunc")
-            info = serve.log_pyfunc(RELEASE / "model.keras", classes, example_face=samples["x"][0])
+            from ferpipe.web.pyfunc import log_pyfunc
+
+            model = RELEASE / ("model.onnx" if flavor == "onnx" else "model.keras")
+            info = log_pyfunc(model, classes, example_face=samples["x"][0])
     register_champion(info.model_uri, "fer-emotion", "val_accuracy", 0.5, True, "test", "release")
-    monkeypatch.chdir(ROOT)  # params.yaml names the classes of a plain Keras model
+    monkeypatch.chdir(ROOT)  # a params.yaml here is never read for class names
+    if flavor == "keras":
+        from ferpipe.errors import ModelError
+
+        with pytest.raises(ModelError, match="no class names"):
+            load_classifier("models:/fer-emotion@champion")
+        return
     clf = load_classifier("models:/fer-emotion@champion")
     assert clf.classes == classes
     np.testing.assert_allclose(clf.predict_proba(samples["x"]), samples["probs"], atol=1e-4)

@@ -68,6 +68,7 @@ def test_info_lines_are_dropped_and_errors_kept_as_they_come(tmp_path):
     assert (CUINIT in lines) == Path("/proc/driver/nvidia/version").exists(), proc.stderr
 
 
+@pytest.mark.proc
 def test_the_forwarder_passes_output_through_while_the_process_runs(tmp_path):
     """Live: an error written during the import is on stderr before the import has finished."""
     fake = fake_tensorflow(tmp_path, f"""

@@ -4,6 +4,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 RELEASE = ROOT / "models" / "release"
@@ -41,6 +43,7 @@ def test_release_is_small_and_documented():
         assert heading in text, heading
 
 
+@pytest.mark.proc
 def test_the_cards_example_runs_on_its_real_sample_face(tmp_path):
     text = (RELEASE / "MODEL_CARD.md").read_text()
     example = [block.split("```", 1)[0] for block in text.split("```python")[1:]][1]
@@ -56,6 +59,7 @@ def test_the_cards_example_runs_on_its_real_sample_face(tmp_path):
     assert int(proc.stdout.split()[-1]) == int(samples["probs"][0].argmax())  # the same face
 
 
+@pytest.mark.proc
 def test_release_predicts_with_plain_keras_in_a_bare_folder(tmp_path):
     for name in ("model.keras", "samples.npz", "model_card.json"):
         shutil.copy(RELEASE / name, tmp_path / name)

@@ -107,6 +107,7 @@ def post(url: str, body: bytes | str) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
+@pytest.mark.proc
 def test_served_champion_answers_faces_and_photos(server, champion):
     from skimage import data
 
@@ -135,6 +136,7 @@ def test_served_champion_answers_faces_and_photos(server, champion):
     (json.dumps({"dataframe_records": [{"pixels": [1, 2, 3]}]}), "no 'face' or 'image' column"),
     (json.dumps({"dataframe_records": [{"face": [[1, 2], [3, 4]]}, {"image": "aGVsbG8="}]}), "image"),
 ])
+@pytest.mark.proc
 def test_bad_payloads_get_400_with_the_reason(server, payload, reason):
     status, body = post(server, payload)
     assert status == 400, body
@@ -154,6 +156,7 @@ def ferpipe_serve(tmp_path_factory):
         yield url, cwd
 
 
+@pytest.mark.proc
 def test_ferpipe_serve_answers_photos_without_a_registry(ferpipe_serve):
     from skimage import data
 
@@ -165,6 +168,7 @@ def test_ferpipe_serve_answers_photos_without_a_registry(ferpipe_serve):
     assert not (cwd / "mlflow.db").exists()  # nothing left behind
 
 
+@pytest.mark.proc
 def test_ferpipe_serve_limits_are_413_and_400_with_reasons(ferpipe_serve):
     from skimage import data
 

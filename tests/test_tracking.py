@@ -24,6 +24,7 @@ def runs(uri: str, **filters: str):
                               output_format="list")
 
 
+@pytest.mark.proc
 def test_unreachable_server_stops_prepare_with_one_line_before_reading_data(tmp_path):
     from ferpipe.pipeline.tiny import make_archive
 
@@ -103,6 +104,7 @@ SERVER_DIES = """
 """
 
 
+@pytest.mark.proc
 @pytest.mark.parametrize("mode", ["try_log", "direct"])
 def test_server_dying_mid_stage_keeps_outputs_and_says_what_was_not_logged(tmp_path, mode):
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(SERVER_DIES), mode], cwd=tmp_path,
@@ -140,6 +142,7 @@ KILLED_STAGE = """
 """
 
 
+@pytest.mark.proc
 def test_rerun_marks_a_killed_stages_run_killed_and_leaves_live_ones(tmp_path, monkeypatch, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
@@ -210,6 +213,7 @@ plots:
 """
 
 
+@pytest.mark.proc
 def test_git_dirty_ignores_what_the_pipeline_writes(tmp_path, monkeypatch):
     files = {"dvc.yaml": DVC_YAML, "dvc.lock": "1", "src/code.py": "1", "metrics/train/a.json": "1",
              "models/release/MODEL_CARD.md": "1", "plots/train/a.csv": "1"}

@@ -21,6 +21,7 @@ def mlflow_ui(tiny_project: Path):
         yield url
 
 
+@pytest.mark.proc
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium)")
 def test_runs_page_and_compare_view_in_a_real_browser(tiny_project, mlflow_ui):
     from playwright.sync_api import sync_playwright

@@ -20,6 +20,7 @@ def uv() -> str:
     return shutil.which("uv") or str(Path.home() / ".local" / "bin" / "uv")
 
 
+@pytest.mark.proc
 def test_the_wheel_installs_and_predicts_outside_the_repo(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHONPATH"))}
     build = subprocess.run([uv(), "build", "--wheel", "--out-dir", str(tmp_path / "dist")], cwd=ROOT,

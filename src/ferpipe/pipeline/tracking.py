@@ -290,7 +290,8 @@ def _raise_on_sigterm(signum, frame):
 @contextlib.contextmanager
 def stage_run(stage: str, params: dict[str, Any], data_path: str | Path,
               run_name: str | None = None, nested: bool = False,
-              tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+              tags: dict[str, str] | None = None,
+              resume_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """Open an MLflow run for one stage, after closing runs that ended processes left RUNNING.
 
     An exception or SIGTERM ends it FAILED, the reason in its `error` tag and note. If the
@@ -298,6 +299,7 @@ def stage_run(stage: str, params: dict[str, Any], data_path: str | Path,
     exits 0 with a warning naming what was not logged; one that needed the server (a direct
     MLflow call failed) stops with a TrackingError. Either way its run stays RUNNING there.
     First it removes the temporaries killed atomic writes left among the stage's outputs.
+    `resume_run_id`: reopen that run (an interrupted tuner search) instead of starting one.
     """
     if not nested:  # a kill -9 during an earlier run's atomic write left its temporaries behind
         for out in stage_outputs(stage, run_name):
@@ -318,11 +320,12 @@ def stage_run(stage: str, params: dict[str, Any], data_path: str | Path,
         if not nested:
             experiment = mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
             # a run being resumed (tune reopens its search's run) is not an orphan
-            if closed := close_orphaned_runs(experiment.experiment_id, os.environ.get("MLFLOW_RUN_ID", "")):
+            if closed := close_orphaned_runs(experiment.experiment_id, resume_run_id or ""):
                 print(f"tracking: marked KILLED {len(closed)} run(s) left RUNNING by ended processes: "
                       + ", ".join(closed))
             _Offline.reason, _Offline.skipped = None, collections.Counter()
-        run = mlflow.start_run(run_name=run_name or stage, nested=nested, tags=all_tags)
+        run = mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else run_name or stage,
+                               nested=nested, tags=all_tags)
     except MlflowException as err:
         raise TrackingError(f"{uri}: cannot start the MLflow run ({_first_line(err)})") from None
     still_running = (f"its run {run.info.run_id} stays RUNNING there (the next stage run on this "

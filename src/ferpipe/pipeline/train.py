@@ -216,7 +216,9 @@ def fit(model: keras.Model, data: TrainData, cfg: TrainConfig, phases: list[Phas
         train_seconds += logger.train_seconds
     val_loss, val_acc = model.evaluate(val_ds, verbose=0)
     epochs_run = len(history)
-    best = max(history, key=lambda r: r.get("val_accuracy", 0.0)) if history else {}
+    # The epoch early stopping kept: the best by the selection metric (lowest for a loss).
+    sign = -1 if cfg.selection_metric.endswith("loss") else 1
+    best = max(history, key=lambda r: sign * r.get(cfg.selection_metric, -sign * float("inf"))) if history else {}
     return {"history": history, "val_loss": float(val_loss), "val_accuracy": float(val_acc),
             "epochs_run": epochs_run, "best_epoch": int(best.get("epoch", 0)),
             "params": int(model.count_params()),

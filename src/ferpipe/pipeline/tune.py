@@ -11,6 +11,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import keras
 import keras_tuner as kt
@@ -205,3 +206,54 @@ def summarize(tuner: kt.Tuner) -> dict:
             "baseline_search_score": float(baseline[0].score) if baseline else None,
             "winner_is_baseline": all(values.get(k) == v for k, v in defaults.items()),
             "best_hyperparameters": values}
+
+
+def finish_search(search: Any, summary: dict, cfg: TuneConfig, train_cfg: TrainConfig, base: CNNSpec,
+                  project: str, val_images: int, num_classes: int, hparams_path: Path,
+                  summary_path: Path) -> dict:
+    """After the search: the tuned model and its files. The winner is retrained with the
+    baseline's own budget (its epochs, the full set) if it beat the baseline's own trial by more
+    than noise; else the baseline's recipe stays and its model is reused. Returns metrics/tune.json."""
+    import shutil
+
+    from ferpipe.files import write_json
+    from ferpipe.pipeline.train import (
+        AUGMENTED_DIR,
+        PREPARED_DIR,
+        load_train_data,
+        output_paths,
+        set_determinism,
+        write_outputs,
+    )
+
+    retrain, reason = retrain_winner(summary, cfg.objective, val_images)
+    chosen = search.get_best_hyperparameters(1)[0] if retrain else search.oracle.hyperparameters.copy()
+    spec, optimizer = search.hypermodel.spec(chosen, base.epochs)
+    baseline, tuned = output_paths(cfg.baseline), output_paths("tuned")
+    mlflow.set_tag("winner_decision", reason)
+    print(f"tune: {reason}")
+    if not retrain and baseline["model_path"].exists():
+        # Same spec, same train params, same seed: training is deterministic, so a retrain
+        # would give these very bytes; reuse them instead of spending the baseline's budget.
+        shutil.copyfile(baseline["model_path"], tuned["model_path"])
+        metrics = {**json.loads(baseline["metrics_path"].read_text()), "model": "tuned"}
+        write_json(tuned["metrics_path"], metrics)
+        for key in ("history_path", "timing_path"):
+            shutil.copyfile(baseline[key], tuned[key])
+        mlflow.set_tag("retrained", f"no: {cfg.baseline}'s own recipe is kept, its model reused")
+    else:
+        set_determinism(train_cfg.seed, train_cfg.mixed_precision)
+        model = build_cnn(spec, num_classes, name="tuned")
+        data = load_train_data(AUGMENTED_DIR, PREPARED_DIR, train_cfg.max_train_images, train_cfg.seed)
+        final_cfg = train_cfg.model_copy(update={"optimizer": optimizer})
+        metrics = write_outputs(model, fit(model, data, final_cfg, [Phase.for_spec("final", spec)]),
+                                "tuned", **tuned)
+    # The tuned model's own recipe (the release's model card cites it), not always the winner's.
+    write_json(hparams_path, {"search_id": project, "baseline": cfg.baseline, **recipe(chosen)})
+    baseline_val = (json.loads(baseline["metrics_path"].read_text())["val_accuracy"]
+                    if baseline["metrics_path"].exists() else None)
+    result = {**{k: v for k, v in summary.items() if k != "best_hyperparameters"},
+              "winner_retrained": retrain, "tuned_val_accuracy": metrics["val_accuracy"],
+              "tuned_val_loss": metrics["val_loss"], "baseline_val_accuracy": baseline_val}
+    write_json(summary_path, result)
+    return result
