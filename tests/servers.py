@@ -43,9 +43,10 @@ def wait_for(url: str, alive: Callable[[], bool], what: str = "server",
 
 @contextmanager
 def served(cmd: list[str], cwd: Path, probe: str, env: dict | None = None,
-           what: str = "server", limit_s: float = 600) -> Iterator[None]:
+           what: str = "server", limit_s: float = 600) -> Iterator[subprocess.Popen]:
     """`cmd` running in its own process group (its workers stop with it) until the block
-    ends, once `probe` answers; its output is kept outside `cwd` and shown if it fails."""
+    ends, once `probe` answers; its output is kept outside `cwd` and shown if it fails.
+    Yields the process (its pid, e.g. for its memory)."""
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -55,7 +56,7 @@ def served(cmd: list[str], cwd: Path, probe: str, env: dict | None = None,
             return log.read().decode(errors="replace")[-3000:]
         try:
             wait_for(probe, lambda: proc.poll() is None, what, tail, limit_s)
-            yield
+            yield proc
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)

@@ -107,29 +107,61 @@ def run_guarded(app, body_chunks, max_bytes=1000):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/invocations", "headers": [], "query_string": b""}
+    scope = {"type": "http", "method": "POST", "path": "/invocations", "query_string": b"",
+             "headers": [(b"content-type", b"application/json")]}
     anyio.run(limit_body(app, max_bytes, "ferpipe serve --max-request-mb"), scope, receive, send)
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
 
+async def read_all(receive):
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
 def test_a_chunked_body_over_the_limit_is_413_even_inside_a_task_group():
     async def app(scope, receive, send):  # reads the body in a task group, as MLflow's server does
-        async def read():
-            while (await receive()).get("more_body"):
-                pass
         async with anyio.create_task_group() as group:
-            group.start_soon(read)
+            group.start_soon(read_all, receive)
 
     code, body = run_guarded(app, [b"x" * 600] * 3)
     assert code == 413 and b"--max-request-mb" in body
 
 
-def test_json_nested_too_deep_is_400():
+def test_json_nested_too_deep_is_400_before_the_parser_sees_it():
+    parsed = []
+
     async def app(scope, receive, send):
-        json.loads("[" * 100_000 + "]" * 100_000)
+        parsed.append(json.loads(await read_all(receive)))  # would raise RecursionError
+
+    code, body = run_guarded(app, [b"[" * 5000, b"]" * 5000], max_bytes=100_000)
+    assert code == 400 and b"nested deeper than 64" in body and parsed == []
+    code, _ = run_guarded(_answer_ok, [b'{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}'])
+    assert code == 200  # brackets inside a string are not nesting
+
+
+async def _answer_ok(scope, receive, send):
+    await read_all(receive)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+def test_an_error_answer_keeps_its_reason_and_drops_the_quoted_input():
+    table = "x" * 50_000
+
+    async def app(scope, receive, send):  # as MLflow's scoring server words a failed predict
+        await read_all(receive)
+        body = json.dumps({"error_code": "INVALID_PARAMETER_VALUE",
+                           "message": f"Failed to predict data '{table}'. \nError: row 0: bad face"}).encode()
+        await send({"type": "http.response.start", "status": 400,
+                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
     code, body = run_guarded(app, [b"{}"])
-    assert code == 400 and b"nested too deeply" in body
+    assert code == 400 and json.loads(body)["message"] == "row 0: bad face"
 
 
 @pytest.mark.parametrize("picture,kw,reason", [

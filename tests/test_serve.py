@@ -151,16 +151,16 @@ def ferpipe_serve(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     url = f"http://127.0.0.1:{port}"
     with served([sys.executable, "-m", "ferpipe", "serve", "--port", str(port),
-                 "--max-request-mb", "2", "--max-megapixels", "1"],
-                cwd, f"{url}/ping", env, "ferpipe serve"):
-        yield url, cwd
+                 "--max-request-mb", "2", "--max-megapixels", "1", "--max-rows", "8"],
+                cwd, f"{url}/ping", env, "ferpipe serve") as proc:
+        yield url, cwd, proc.pid
 
 
 @pytest.mark.proc
 def test_ferpipe_serve_answers_photos_without_a_registry(ferpipe_serve):
     from skimage import data
 
-    url, cwd = ferpipe_serve
+    url, cwd, _ = ferpipe_serve
     status, body = post(url, json.dumps({"dataframe_records": [{"image": jpeg_b64(data.astronaut())}]}))
     assert status == 200, body
     (face,) = body["predictions"][0]["faces"]
@@ -172,7 +172,7 @@ def test_ferpipe_serve_answers_photos_without_a_registry(ferpipe_serve):
 def test_ferpipe_serve_limits_are_413_and_400_with_reasons(ferpipe_serve):
     from skimage import data
 
-    url, _ = ferpipe_serve
+    url, _, _ = ferpipe_serve
     big = json.dumps({"dataframe_records": [{"image": "A" * 3_000_000}]})
     status, body = post(url, big)
     assert status == 413 and "over 2 MB" in body["message"]
@@ -182,3 +182,40 @@ def test_ferpipe_serve_limits_are_413_and_400_with_reasons(ferpipe_serve):
     broken = base64.b64encode(b"\x89PNG\r\n\x1a\n broken header").decode()
     status, body = post(url, json.dumps({"dataframe_records": [{"image": broken}]}))
     assert status == 400 and "damaged PNG image" in body["message"], body
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+@pytest.mark.proc
+def test_four_clients_with_good_and_bad_requests_get_the_expected_codes_and_memory_holds(ferpipe_serve):
+    """240 requests from 4 parallel clients on loopback, a mix of photos, faces and bad bodies:
+    every answer is the expected code, and the server's memory after is within 100 MB of where
+    it stood after a warm-up round of the same mix."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from skimage import data
+
+    url, _, pid = ferpipe_serve
+    photo = jpeg_b64(data.astronaut())
+    face = np.full((48, 48), 128).tolist()
+    mix = [(json.dumps({"dataframe_records": [{"image": photo}]}), 200),
+           (json.dumps({"dataframe_records": [{"face": face}, {"face": face}]}), 200),
+           ("{not json", 400),
+           (json.dumps({"dataframe_records": [{"image": "bm90IGFuIGltYWdl"}]}), 400),
+           (json.dumps({"dataframe_records": [{"face": face}] * 9}), 429),  # --max-rows 8
+           ("[" * 50_000 + "]" * 50_000, 400),
+           (json.dumps({"dataframe_records": [{"image": "A" * 2_500_000}]}), 413)]
+
+    def round_of(count: int) -> list[tuple[int, int]]:
+        with ThreadPoolExecutor(4) as pool:
+            return list(pool.map(lambda i: (post(url, mix[i % len(mix)][0])[0], mix[i % len(mix)][1]),
+                                 range(count)))
+
+    round_of(len(mix) * 4)
+    before = rss_mb(pid)
+    answers = round_of(240)
+    assert [got for got, want in answers if got != want] == []
+    assert rss_mb(pid) - before < 100

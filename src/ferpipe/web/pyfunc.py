@@ -25,13 +25,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from ferpipe.errors import FerpipeError
+from ferpipe.web.guard import MAX_MESSAGE
 from ferpipe.web.limits import MAX_PIXELS, MAX_REQUEST_PIXELS, MAX_ROWS, MAX_SECONDS
 
 IMAGE_PX = 48
 COLUMNS = ("image", "face")
 
 
-MAX_MESSAGE = 300  # an error never echoes more of the input than this
 
 
 def bad_input(message: str, code: int = INVALID_PARAMETER_VALUE) -> MlflowException:
