@@ -7,6 +7,8 @@ too big is a 413, a picture over the pixel limit or with a broken header a 400 n
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -70,11 +72,15 @@ def run(args: argparse.Namespace) -> int:
                  "max_request_seconds"):
         if getattr(args, flag) <= 0:
             raise FerpipeError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
+    # MLflow's INFO lines and download bar while the model is saved and loaded would be
+    # third-party lines on the user's stderr; its warnings and errors still show.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         import mlflow  # noqa: F401
         import uvicorn
     except ImportError:
         raise FerpipeError("ferpipe serve needs MLflow's server: pip install 'ferpipe[serve]'") from None
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # after the import, which sets it
     from mlflow.pyfunc import load_model
     from mlflow.pyfunc.scoring_server import init
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
@@ -102,8 +103,6 @@ def _decode_image(raw: bytes, row: int, max_pixels: int = MAX_PIXELS) -> np.ndar
 
 
 def _rows(model_input: Any) -> list[dict]:
-    import pandas as pd
-
     if isinstance(model_input, dict):
         model_input = pd.DataFrame({k: list(v) for k, v in model_input.items()})
     if not isinstance(model_input, pd.DataFrame):
@@ -140,8 +139,9 @@ class FerEmotionModel(mlflow.pyfunc.PythonModel):
         self.max_seconds = float(config.get("max_seconds", MAX_SECONDS))
         self.recognizer = EmotionRecognizer(self.classifier, max_pixels=self.max_pixels)
 
-    # No type hints here: MLflow would try to derive the signature from them.
-    def predict(self, context, model_input, params=None):
+    # A DataFrame hint: MLflow derives no schema from it (the signature is declared when the
+    # model is saved) and hands the table over as it is; without a hint it warns at import.
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> list[dict]:
         """One {"faces": [...]} per row (see the module docstring)."""
         import time
 
@@ -195,8 +195,6 @@ def example_input(face: np.ndarray | None = None) -> Any:
     """One photo row: a small PNG of `face` (MLflow cannot parse a binary column with nulls,
     so one example cannot show both kinds of row; the README shows the face form)."""
     import cv2
-    import pandas as pd
-
     face = np.full((IMAGE_PX, IMAGE_PX), 128, np.uint8) if face is None else np.asarray(face, np.uint8)
     ok, png = cv2.imencode(".png", cv2.resize(face, (96, 96), interpolation=cv2.INTER_CUBIC))
     return pd.DataFrame({"image": [png.tobytes()]})
@@ -206,7 +204,6 @@ def _pyfunc_spec(model: str | Path | Any, classes: list[str], tmp: Path,
                  example_face: np.ndarray | None, max_pixels: int = MAX_PIXELS) -> dict:
     """The arguments of mlflow.pyfunc.log_model / save_model for the pyfunc of `model`: a
     .onnx file (served on ONNX Runtime), a .keras file or a Keras model."""
-    import pandas as pd
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.pyfunc import PythonModelContext
 
@@ -240,7 +237,8 @@ def _pyfunc_spec(model: str | Path | Any, classes: list[str], tmp: Path,
     px = probe.classifier.image_px
     face_row = pd.DataFrame({"face": [np.full((px, px), 128).tolist()]})
     output = infer_signature(None, probe.predict(None, face_row)).outputs
-    return dict(python_model=FerEmotionModel(), artifacts=artifacts, model_config=config,
+    return dict(python_model=str(Path(__file__).with_name("served_model.py")), artifacts=artifacts,
+                model_config=config,
                 signature=ModelSignature(inputs=input_schema(), outputs=output),
                 input_example=example_input(example_face),
                 # the core and this module, so it serves without ferpipe installed
