@@ -2,26 +2,12 @@
 import json
 from pathlib import Path
 
-from ferpipe.pipeline.config import load_section, read_params, run_main
-from ferpipe.pipeline.params import ReleaseConfig
+from ferpipe.pipeline.config import load_section, run_main
+from ferpipe.pipeline.params import PrepareParams, ReleaseConfig
 
 EVALUATION = Path("metrics/evaluate.json")
 TIMING = Path("reports/timing/evaluate.json")
 OUT_DIR = Path("models/release")
-
-
-def champion_params(name: str) -> dict:
-    """The params that made the champion: its model section, or the tuned hyperparameters."""
-    params = read_params()
-    for section in ("baselines", "transfer"):
-        if name in params.get(section, {}):
-            return {section: {name: params[section][name]}, "train": params["train"]}
-    tuned = Path("models/trained") / name / "best_hyperparameters.json"
-    recipe = json.loads(tuned.read_text()) if tuned.exists() else {}
-    # The searched values apply on top of the baseline's section (architecture, mixup, epochs).
-    base = recipe.get("baseline")
-    baseline = {base: params["baselines"][base]} if base in params.get("baselines", {}) else {}
-    return {"baselines": baseline, "tune": recipe, "train": params["train"]}
 
 
 def main() -> None:
@@ -31,7 +17,7 @@ def main() -> None:
     import numpy as np
 
     from ferpipe.files import load_split
-    from ferpipe.pipeline.release import export, model_card, write_card
+    from ferpipe.pipeline.release import champion_params, export, model_card, write_card
     from ferpipe.pipeline.tracking import data_version, git_state, stage_run
 
     evaluation = json.loads(EVALUATION.read_text())
@@ -45,8 +31,8 @@ def main() -> None:
         exported = export(Path("models/trained") / model_name / "model.keras", OUT_DIR, x_test,
                           y_test, cfg, classes, every_test_face, tta=evaluation["champion_tta"])
         commit, dirty = git_state()
-        sources = read_params()["prepare"]["sources"]
-        data = {spec["source"]: data_version(spec["source"]) for spec in sources.values()}
+        sources = load_section("prepare", PrepareParams).sources
+        data = {spec.source: data_version(spec.source) for spec in sources.values()}
         data["data/prepared"] = data_version("data/prepared")
         markdown, card = model_card(name, classes, evaluation, exported, data,
                                     champion_params(model_name), commit, dirty, latency_ms)

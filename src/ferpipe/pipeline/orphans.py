@@ -12,19 +12,22 @@ import socket
 from pathlib import Path
 
 import mlflow
+import psutil
 
 PROCESS_TAG = "ferpipe.process"  # host|pid namespace|pid|start time of the process owning a run
 
 
 def process_key(pid: int) -> str | None:
-    """`host|pid namespace|pid|start time` of process `pid`, None once it has ended (or without
-    /proc); namespace and start time tell a reused pid, or another container's, from the owner."""
+    """`host|pid namespace|pid|start time` of process `pid`, None once it has ended; namespace
+    and start time tell a reused pid, or another container's, from the owner."""
     try:
-        state, *fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        key = f"{socket.gethostname()}|{os.readlink('/proc/self/ns/pid')}|{pid}|{fields[18]}"
-    except OSError:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:  # it has ended; only its parent has not looked
+            return None
+        namespace = os.readlink("/proc/self/ns/pid") if Path("/proc/self/ns/pid").exists() else "-"
+        return f"{socket.gethostname()}|{namespace}|{pid}|{process.create_time():.2f}"
+    except (psutil.Error, OSError):
         return None
-    return None if state == "Z" else key  # a zombie has ended; only its parent has not looked
 
 
 def _orphaned(key: str | None) -> bool:

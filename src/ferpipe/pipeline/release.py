@@ -55,40 +55,29 @@ def export(model_path: Path, out_dir: Path, x_test: np.ndarray, y_test: np.ndarr
 def _front_matter(name: str, evaluation: dict) -> str:
     """Hugging Face model-card metadata: licence, library, datasets and a model-index with the
     test results of each source."""
-    results = []
-    for source, part in evaluation["sources"].items():
-        metrics = "".join(f"""
-          - type: {key}
-            value: {part['test'][key]:.4f}
-            name: test {key.replace('_', '-')}""" for key in ("accuracy", "macro_f1"))
-        results.append(f"""
-      - task:
-          type: image-classification
-          name: facial emotion recognition
-        dataset:
-          type: {SOURCE_DATASETS.get(source, source)}
-          name: {source} (test split of this project)
-        metrics:{metrics}""")
-    return f"""---
-license: other
-license_name: research-and-education-only
-license_link: https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge/rules
-library_name: keras
-pipeline_tag: image-classification
-tags: [facial-emotion-recognition, fer2013, grayscale, dvc, mlflow]
-datasets: [{", ".join(SOURCE_DATASETS.get(s, s) for s in evaluation["sources"])}]
-metrics: [accuracy, f1]
-model-index:
-  - name: {name}
-    results:{"".join(results)}
----
-"""
+    import yaml
+
+    results = [{"task": {"type": "image-classification", "name": "facial emotion recognition"},
+                "dataset": {"type": SOURCE_DATASETS.get(source, source),
+                            "name": f"{source} (test split of this project)"},
+                "metrics": [{"type": key, "value": round(part["test"][key], 4),
+                             "name": f"test {key.replace('_', '-')}"} for key in ("accuracy", "macro_f1")]}
+               for source, part in evaluation["sources"].items()]
+    meta = {"license": "other", "license_name": "research-and-education-only",
+            "license_link": "https://www.kaggle.com/c/challenges-in-representation-learning-facial-"
+                            "expression-recognition-challenge/rules",
+            "library_name": "keras", "pipeline_tag": "image-classification",
+            "tags": ["facial-emotion-recognition", "fer2013", "grayscale", "onnx", "dvc", "mlflow"],
+            "datasets": [SOURCE_DATASETS.get(s, s) for s in evaluation["sources"]],
+            "metrics": ["accuracy", "f1"], "model-index": [{"name": name, "results": results}]}
+    return f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n"
 
 
 # What each prepared source is, for the card (see data/SOURCES in the shared inputs).
-SOURCE_DATASETS = {"fer2013": "fer2013", "real": "lfw-facial-expressions"}
+SOURCE_DATASETS = {"fer2013": "fer2013", "real": "lfw-facial-expressions", "expw": "expw"}
 SOURCE_NOTES = {"fer2013": "FER2013 training split (48x48 web crops, loosely framed), image-level split",
-                "real": "labelled LFW photos (350x350, tightly cropped), split by person"}
+                "real": "labelled LFW photos (350x350, tightly cropped), split by person",
+                "expw": "ExpW everyday web photos (faces cut by the detector), split by source photo"}
 
 
 def model_card(name: str, classes: list[str], evaluation: dict, exported: dict, data: dict,
@@ -102,6 +91,7 @@ def model_card(name: str, classes: list[str], evaluation: dict, exported: dict, 
         "selection": f"the best mean over sources of {evaluation['selection_metric']} among all "
                      "trained models",
         "sources": evaluation["sources"], "validation": evaluation["val"], "test": evaluation["test"],
+        "unseen": evaluation.get("unseen", {}),
         "latency_ms_single_image_cpu": latency_ms, "params": exported["params"],
         "onnx_parity": {k: exported[k] for k in ("onnx_max_abs_diff", "onnx_changed_predictions",
                                                  "onnx_faces")},
@@ -163,6 +153,10 @@ probs = session.run(None, {{"faces": face[None, :, :, None].astype("float32")}})
 - **Size and range:** resized to 48x48 with area averaging; raw pixels 0..255 as float32 or
   uint8. Scaling happens inside the model.
 
+## Unlike its training data
+
+{unseen_lines(evaluation.get("unseen", {}))}
+
 ## Intended use and out of scope
 
 - Intended: research and teaching on facial expression; batch analysis of photos and videos
@@ -193,6 +187,40 @@ Training params:
 ```
 """
     return markdown, card
+
+
+def champion_params(name: str, models_dir: Path = Path("models/trained")) -> dict:
+    """The params that made the champion, as the typed sections give them: its model entry, or
+    the tuned recipe on top of its baseline's; a fine-tune adds its own section to its base's."""
+    from ferpipe.pipeline.config import load_entry, load_section, read_params
+    from ferpipe.pipeline.params import CNNSpec, FinetuneConfig, TrainConfig, TransferSpec
+
+    train = {"train": load_section("train", TrainConfig).model_dump()}
+    if name == "finetuned":
+        finetune = load_section("finetune", FinetuneConfig)
+        return {**champion_params(finetune.base, models_dir), "finetune": finetune.model_dump()}
+    named = read_params()  # which section has an entry of this name
+    for section, cls in (("baselines", CNNSpec), ("transfer", TransferSpec)):
+        if name in (named.get(section) or {}):
+            return {section: {name: load_entry(section, name, cls).model_dump()}, **train}
+    tuned = models_dir / name / "best_hyperparameters.json"
+    recipe = json.loads(tuned.read_text()) if tuned.exists() else {}
+    # The searched values apply on top of the baseline's section (architecture, mixup, epochs).
+    base = recipe.get("baseline")
+    baseline = ({base: load_entry("baselines", base, CNNSpec).model_dump()}
+                if base in (named.get("baselines") or {}) else {})
+    return {"baselines": baseline, "tune": recipe, **train}
+
+
+def unseen_lines(unseen: dict) -> str:
+    """The card's "unlike its training data" lines: each source scored by the best model that
+    never trained on it (metrics/evaluate.json: unseen)."""
+    if not unseen:
+        return "Every source was in the training data of every model; no unseen score."
+    return "\n".join(f"- {source} ({SOURCE_NOTES.get(source, source)}): {part['model']}, not trained "
+                     f"on it, scores test accuracy {part['test_accuracy']:.3f}, macro-F1 "
+                     f"{part['test_macro_f1']:.3f}: how the model holds up on pictures of a kind it "
+                     "has not seen." for source, part in unseen.items())
 
 
 def write_card(out_dir: Path, markdown: str, card: dict) -> None:
