@@ -19,7 +19,8 @@ def main() -> None:
         raise FileNotFoundError(f"{MODELS}: no trained models (*/model.keras); run `dvc repro` first")
     # Imported only now: TensorFlow takes ~10 s to load, and a params mistake is reported at once.
     from ferpipe.pipeline.champion import load_sources, register, score_models, summarize
-    from ferpipe.pipeline.tracking import data_version, stage_run
+    from ferpipe.pipeline.lineage import data_version
+    from ferpipe.pipeline.tracking import stage_run
 
     sources, classes = load_sources(PREPARED)
     with stage_run("evaluate", cfg.model_dump(), PREPARED):

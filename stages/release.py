@@ -17,8 +17,9 @@ def main() -> None:
     import numpy as np
 
     from ferpipe.files import load_split
+    from ferpipe.pipeline.lineage import data_version, git_state
     from ferpipe.pipeline.release import champion_params, export, model_card, write_card
-    from ferpipe.pipeline.tracking import data_version, git_state, stage_run
+    from ferpipe.pipeline.tracking import stage_run
 
     evaluation = json.loads(EVALUATION.read_text())
     name, model_name = evaluation["champion"], evaluation["champion_model"]

@@ -22,7 +22,8 @@ def main() -> None:
     # Imported only now: TensorFlow takes ~10 s to load, and a params mistake is reported at once.
     import mlflow
 
-    from ferpipe.pipeline.tracking import data_version, stage_run, use_tracking
+    from ferpipe.pipeline.lineage import data_version
+    from ferpipe.pipeline.tracking import stage_run, use_tracking
     from ferpipe.pipeline.train import AUGMENTED_DIR, PREPARED_DIR, load_train_data, set_determinism
     from ferpipe.pipeline.tune import (
         close_stale_trials,

@@ -169,7 +169,7 @@ def test_stale_temporaries_beside_and_inside_outputs_are_removed(tmp_path):
 
 
 def test_stage_run_removes_its_own_outputs_stale_temporaries_first(tmp_path, monkeypatch):
-    from ferpipe.pipeline import tracking
+    from ferpipe.pipeline import lineage, tracking
 
     (tmp_path / "dvc.yaml").write_text(textwrap.dedent("""
         stages:
@@ -193,8 +193,8 @@ def test_stage_run_removes_its_own_outputs_stale_temporaries_first(tmp_path, mon
         Path(folder).mkdir(parents=True)
     mine = [leave_temporary(Path("models/a/model.keras")), leave_temporary(Path("metrics/a.json"))]
     others = [leave_temporary(Path("models/b/model.keras")), leave_temporary(Path("tuning/t.json"))]
-    assert tracking.stage_outputs("train", "a") == [Path("models/a/model.keras"), Path("metrics/a.json")]
-    assert tracking.stage_outputs("tune") == [Path("metrics/tune.json")]  # persist: in use across runs
+    assert lineage.stage_outputs("train", "a") == [Path("models/a/model.keras"), Path("metrics/a.json")]
+    assert lineage.stage_outputs("tune") == [Path("metrics/tune.json")]  # persist: in use across runs
 
     def no_store(*_):
         raise RuntimeError("stop before MLflow")

@@ -11,7 +11,8 @@ import mlflow
 import pytest
 
 from conftest import ROOT
-from ferpipe.pipeline.tracking import TrackingError, git_state, stage_run, use_tracking
+from ferpipe.pipeline.lineage import git_state
+from ferpipe.pipeline.tracking import TrackingError, stage_run, use_tracking
 
 DEAD_URI = "http://127.0.0.1:9"  # the discard port: nothing listens there
 

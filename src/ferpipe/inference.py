@@ -160,12 +160,11 @@ def _card_classes(path: Path) -> list[str] | None:
 
 
 def registry_uri(ref: str) -> str:
-    """The tracking store a `models:/` URI is read from, as the pipeline records runs:
-    MLFLOW_TRACKING_URI, else mlflow.db in the working directory (which must exist: an
-    absent one would be created empty and the name reported missing)."""
-    import os
+    """The tracking store a `models:/` URI is read from (`tracking_uri`), whose SQLite file
+    must exist: an absent one would be created empty and the name reported missing."""
+    from ferpipe.store import tracking_uri
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    uri = tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise FileNotFoundError(f"{ref}: no MLflow database at {uri[len('sqlite:///'):]}; run "
                                 "from the repo root, set MLFLOW_TRACKING_URI, or serve the "

@@ -26,10 +26,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from ferpipe.errors import FerpipeError
+from ferpipe.inference import IMAGE_PX
 from ferpipe.web.guard import MAX_MESSAGE
 from ferpipe.web.limits import MAX_PIXELS, MAX_REQUEST_PIXELS, MAX_ROWS, MAX_SECONDS
 
-IMAGE_PX = 48
 COLUMNS = ("image", "face")
 
 
