@@ -249,3 +249,18 @@ def test_the_demo_refuses_an_upload_over_the_limit_before_spooling_it(monkeypatc
     anyio.run(create_app(EmotionRecognizer()), scope, receive, send)
     assert sent[0]["status"] == 413 and b"20 MB" in sent[1]["body"]
     assert list(tmp_path.iterdir()) == [] and len(chunks) > 0  # it stopped reading at the limit
+
+
+@pytest.mark.proc
+def test_an_annotated_video_and_a_damaged_photo_print_nothing_from_opencv(tmp_path):
+    """OpenCV writes some warnings with its own fprintf (WebM's "tag ... is not supported");
+    VP9 goes into MP4, which has the tag, so nothing reaches the user's stderr."""
+    writer = cv2.VideoWriter(str(tmp_path / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (320, 240))
+    for _ in range(5):
+        writer.write(cv2.resize(astronaut(), (320, 240)))
+    writer.release()
+    proc = subprocess.run([sys.executable, "-m", "ferpipe", "predict", "clip.avi", "--annotate", "out"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert (tmp_path / "out" / "clip.mp4").stat().st_size > 0

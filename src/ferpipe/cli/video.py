@@ -1,6 +1,7 @@
-"""Annotated video out: VP9 in WebM, which browsers play and the OpenCV wheel can write (its
-FFmpeg has no H.264 encoder: 'avc1' and 'H264' fail to open; 'mp4v' MPEG-4 Part 2 opens but
-browsers do not play it)."""
+"""Annotated video out: VP9 in MP4 ('vp09'), which browsers play and the OpenCV wheel can write
+(its FFmpeg has no H.264 encoder: 'avc1' and 'H264' fail to open; 'mp4v' MPEG-4 Part 2 opens but
+browsers do not play it). VP9 in WebM works too, but WebM has no codec tags, and OpenCV prints
+"tag ... is not supported" on stderr for every WebM file it writes."""
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +15,7 @@ import numpy as np
 if TYPE_CHECKING:
     from ferpipe.recognizer import Frame
 
-SUFFIX, FOURCC = ".webm", "VP90"
+SUFFIX, FOURCC = ".mp4", "vp09"
 
 
 def frame_count(capture: Any) -> int:
@@ -38,9 +39,6 @@ class VideoOut(contextlib.AbstractContextManager):
         import cv2
 
         if self._writer is None:
-            from ferpipe.imageio import _quiet_opencv
-
-            _quiet_opencv()  # FFmpeg's "tag 0x30395056/'VP90' is not supported" line on every video
             height, width = frame.shape[:2]
             self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*FOURCC),
                                            self.fps, (width, height))
