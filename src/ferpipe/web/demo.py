@@ -7,7 +7,6 @@ rendered by the server), so it needs no JavaScript and no files from the network
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at run time,
 # and UploadFile is imported inside create_app.
 import base64
-import html
 from typing import Any
 
 import numpy as np
@@ -32,13 +31,33 @@ form { margin: 1em 0; padding: 1em; background: #f4f4f4; border-radius: 6px; }
 """
 
 
-def _page(body: str) -> str:
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>ferpipe demo</title>"
-            f"<style>{STYLE}</style></head><body><h1>Facial emotion demo</h1>"
-            "<form action='/' method='post' enctype='multipart/form-data'>"
-            "<input type='file' name='photo' accept='image/*' required> "
-            "<button type='submit'>Analyze</button></form>"
-            f"{body}</body></html>")
+# One template, autoescaped: file names and class names reach the page as text, never markup.
+PAGE = """<!doctype html><html><head><meta charset='utf-8'><title>ferpipe demo</title>
+<style>{{ style }}</style></head><body><h1>Facial emotion demo</h1>
+<form action='/' method='post' enctype='multipart/form-data'>
+<input type='file' name='photo' accept='image/*' required> <button type='submit'>Analyze</button></form>
+{% if error %}<p class='error'>{{ error }}</p>
+{% elif name is none %}<p>Upload a photo: every face found is boxed and classified ({{ classes | join(', ') }}).
+Nothing leaves this machine.</p>
+{% elif faces %}<p>{{ faces | length }} face{{ 's' if faces | length != 1 }} in {{ name }}</p>
+{% else %}<p class='noface'>No face found in {{ name }}.</p>{% endif %}
+{% if image %}<div class='result'><img alt='{{ name }} with the faces found' src='{{ image }}'><div>
+{% for face in faces %}{% set colour = colours[loop.index0 % colours | length] %}
+<div class='face'><h3>Face {{ loop.index }}: <span class='emotion'>{{ face.emotion }}</span></h3>
+{% for c in classes %}<div class='row'><span>{{ c }}</span><div class='bar'><span style='width:{{ '%.1f' % (100 * face.probabilities[c]) }}%;background:{{ colour }}'></span></div><span>{{ '%.0f' % (100 * face.probabilities[c]) }}%</span></div>
+{% endfor %}</div>{% endfor %}</div></div>{% endif %}
+</body></html>"""
+
+
+def render(**values: Any) -> str:
+    """The page: the form, then the welcome, an error, or the result (`name`, `image`, `faces`)."""
+    import jinja2
+
+    from ferpipe.draw import COLOURS
+
+    template = jinja2.Environment(autoescape=True).from_string(PAGE)
+    return template.render(style=STYLE, colours=["#{:02x}{:02x}{:02x}".format(*c) for c in COLOURS],
+                           **{"error": "", "name": None, "image": "", "faces": [], "classes": [], **values})
 
 
 def annotate(image: np.ndarray, faces: list[Any]) -> np.ndarray:
@@ -60,23 +79,8 @@ def _jpeg_data_url(image: np.ndarray) -> str:
 
 
 def result_html(name: str, image: np.ndarray, faces: list[Any], classes: list[str]) -> str:
-    """The annotated photo and, per face, its label and one probability bar per class."""
-    from ferpipe.draw import COLOURS
-
-    parts = []
-    for n, face in enumerate(faces, 1):
-        colour = "#{:02x}{:02x}{:02x}".format(*COLOURS[(n - 1) % len(COLOURS)])
-        rows = "".join(
-            f"<div class='row'><span>{html.escape(c)}</span><div class='bar'><span style='width:"
-            f"{100 * face.probabilities[c]:.1f}%;background:{colour}'></span></div>"
-            f"<span>{100 * face.probabilities[c]:.0f}%</span></div>" for c in classes)
-        parts.append(f"<div class='face'><h3>Face {n}: <span class='emotion'>"
-                     f"{html.escape(face.emotion)}</span></h3>{rows}</div>")
-    summary = (f"<p>{len(faces)} face{'s' if len(faces) != 1 else ''} in {html.escape(name)}</p>"
-               if faces else f"<p class='noface'>No face found in {html.escape(name)}.</p>")
-    alt = html.escape(f"{name} with the faces found")
-    return (f"{summary}<div class='result'><img alt='{alt}' src='{_jpeg_data_url(annotate(image, faces))}'>"
-            f"<div>{''.join(parts)}</div></div>")
+    """The page with the annotated photo and, per face, its label and a probability bar per class."""
+    return render(name=name, image=_jpeg_data_url(annotate(image, faces)), faces=faces, classes=classes)
 
 
 def create_app(recognizer: Any) -> Any:
@@ -100,16 +104,14 @@ def create_app(recognizer: Any) -> Any:
 
     @app.get("/", response_class=HTMLResponse)
     def form() -> str:
-        return _page("<p>Upload a photo: every face found is boxed and classified "
-                     f"({html.escape(', '.join(classes))}). Nothing leaves this machine.</p>")
+        return render(classes=classes)
 
     @app.post("/", response_class=HTMLResponse)
     async def page(photo: UploadFile = File(...)) -> HTMLResponse:
         image, error = await read(photo)
         if image is None:
-            return HTMLResponse(_page(f"<p class='error'>{html.escape(error)}</p>"), status_code=400)
-        body = result_html(photo.filename or "upload", image, recognizer.analyze(image), classes)
-        return HTMLResponse(_page(body))
+            return HTMLResponse(render(error=error, classes=classes), status_code=400)
+        return HTMLResponse(result_html(photo.filename or "upload", image, recognizer.analyze(image), classes))
 
     @app.post("/api/analyze")
     async def api(photo: UploadFile = File(...)) -> JSONResponse:
