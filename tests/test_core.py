@@ -158,3 +158,17 @@ def test_prepare_frames_a_face_with_the_cores_own_detector_and_crop():
     face, detected = detect_and_crop(flat, 48, 25_000_000)
     assert not detected and face.shape == (48, 48)
     assert centre_half(np.zeros((120, 160), np.uint8)) == (50, 30, 60, 60)
+
+
+def test_what_needs_tensorflow_says_which_extra_installs_it(monkeypatch, tmp_path):
+    from ferpipe import EmotionRecognizer
+    from ferpipe.errors import ModelError
+    from ferpipe.inference import load_classifier
+
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # as if the tf extra were not installed
+    with pytest.raises(ModelError, match=r"pip install 'ferpipe\[tf\]'"):
+        load_classifier(str(ROOT / "models" / "release" / "model.keras"))
+    recognizer = EmotionRecognizer()  # the ONNX release needs none of it
+    assert recognizer.analyze(astronaut())[0].emotion == "happy"
+    with pytest.raises(ModelError, match=r"pip install 'ferpipe\[tf\]'"):
+        recognizer.explain(astronaut())
