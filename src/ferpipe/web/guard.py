@@ -6,7 +6,8 @@ JSON nesting are bounded as it streams in, and an error answer never echoes the 
 - JSON nested deeper than MAX_DEPTH is a 400 before any parser sees it (Python's would raise
   RecursionError, which the scoring app turns into a 500).
 - A 4xx or 5xx JSON answer keeps its reason and drops the input MLflow's scoring server quotes
-  in it ("Failed to predict data '<the table>'"), cut to MAX_MESSAGE characters.
+  in it ("Failed to predict data '<the table>'"), cut to MAX_MESSAGE characters; MLflow's
+  signature error for a batch mixing face and image rows says what to send instead.
 """
 from __future__ import annotations
 
@@ -62,6 +63,12 @@ def _trimmed(body: bytes) -> bytes:
         message = message.split("Error: ", 1)[1]  # MLflow's prefix quotes the input table
     if "\nInput: " in message:
         message = message.split("\nInput: ", 1)[0]
+    if "not compatible with model signature" in message:
+        # MLflow checks each column's type before the model sees the rows; a batch mixing face
+        # and image rows leaves empty cells it cannot convert.
+        message = ("each row gives one of 'face' (48x48 gray pixels) or 'image' (a photo, base64), "
+                   "and a batch holds one kind: send face rows and image rows in two requests "
+                   f"(MLflow: {message.split('. ', 1)[-1]})")
     message = " ".join(message.split())
     answer["message"] = message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + "..."
     return json.dumps(answer).encode()

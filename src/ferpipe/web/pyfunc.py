@@ -45,7 +45,9 @@ def bad_input(message: str, code: int = INVALID_PARAMETER_VALUE) -> MlflowExcept
 def input_schema() -> Any:
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
-    return Schema([ColSpec(DataType.binary, "image", required=False),
+    # `image` is base64 text, not MLflow's binary type: MLflow converts a binary column row by
+    # row and fails on the empty cells of face rows ("encoding without a string argument").
+    return Schema([ColSpec(DataType.string, "image", required=False),
                    ColSpec(Array(Array(DataType.long)), "face", required=False)])
 
 
@@ -192,12 +194,12 @@ class FerEmotionModel(mlflow.pyfunc.PythonModel):
 
 
 def example_input(face: np.ndarray | None = None) -> Any:
-    """One photo row: a small PNG of `face` (MLflow cannot parse a binary column with nulls,
-    so one example cannot show both kinds of row; the README shows the face form)."""
+    """One photo row: a small PNG of `face`, base64 as a request carries it (the README shows
+    the face form)."""
     import cv2
     face = np.full((IMAGE_PX, IMAGE_PX), 128, np.uint8) if face is None else np.asarray(face, np.uint8)
     ok, png = cv2.imencode(".png", cv2.resize(face, (96, 96), interpolation=cv2.INTER_CUBIC))
-    return pd.DataFrame({"image": [png.tobytes()]})
+    return pd.DataFrame({"image": [base64.b64encode(png.tobytes()).decode()]})
 
 
 def _pyfunc_spec(model: str | Path | Any, classes: list[str], tmp: Path,
