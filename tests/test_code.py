@@ -76,10 +76,8 @@ def test_stage_exits_nonzero_with_one_line_error(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "stages/prepare.py")], cwd=tmp_path,
                           capture_output=True, text=True)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines() == [
-        "error: params.yaml:prepare: unknown key 'colour' (allowed: sources, classes, image_px, "
-        "blank_std_threshold, skip_corrupt, seed, max_entry_megabytes, max_total_megabytes, "
-        "max_image_megapixels)"]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: params.yaml:prepare: unknown key 'colour'") and "sources" in line
 
 
 @pytest.mark.proc
