@@ -4,7 +4,8 @@
     recognizer = EmotionRecognizer()            # the released model, inside the package
     faces = recognizer.analyze("photo.jpg")     # [Face(box, emotion, probabilities, found)]
 
-Importing ferpipe has no side effects and loads nothing heavy: TensorFlow loads with the model.
+Importing ferpipe has no side effects and loads nothing heavy; the model runs on ONNX Runtime
+(TensorFlow only for a .keras model or Grad-CAM, the `tf` extra).
 The training pipeline is ferpipe.pipeline, the command line ferpipe.cli.
 """
 from __future__ import annotations
