@@ -45,5 +45,10 @@ def test_the_wheel_installs_and_predicts_outside_the_repo(tmp_path):
                              "'tensorflow', 'keras', 'sklearn', 'yaml') if u.find_spec(m)])"],
                             capture_output=True, text=True, env=env, timeout=120)
     assert listed.stdout.strip() == "[]"  # the core installs none of the pipeline's packages
+    (work / "faces" / "happy").mkdir(parents=True)  # `ferpipe score` reads folders without them
+    shutil.copy(ROOT / "models" / "release" / "sample_face.png", work / "faces" / "happy" / "a.png")
+    scored = subprocess.run([str(venv / "bin" / "ferpipe"), "score", "faces", "--json"], cwd=work,
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert scored.returncode == 0 and json.loads(scored.stdout)["images"] == 1, scored.stderr[-2000:]
     assert proc.stderr == ""  # nothing from third parties on the user's stderr
 

@@ -11,8 +11,6 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 from ferpipe.errors import FerpipeError
 
 T = TypeVar("T")
@@ -94,6 +92,10 @@ def _fields_at(cls: Any, loc: tuple) -> list[str]:
 
 
 def read_params(path: Path | str = PARAMS_FILE) -> dict:
+    # Imported here: `ferpipe score` in the core install reads archives through this package's
+    # readers, which need PipelineError from this module but not PyYAML (a pipeline extra).
+    import yaml
+
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
