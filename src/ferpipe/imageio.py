@@ -82,7 +82,6 @@ def decode_bytes(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS)
     except cv2.error as err:
         raise ImageError(f"{name}: cannot decode image ({' '.join(str(err).split())[-160:]})") from None
     if image is None:
-        kind = image_format(data)
         raise ImageError(f"{name}: damaged {kind} image" if kind else
                          f"{name}: not an image (JPEG, PNG, BMP, GIF, TIFF or WebP)")
     return image
@@ -99,7 +98,6 @@ def channel_order(channels: str) -> Channels:
 def _from_array(array: np.ndarray, channels: Channels, name: str) -> np.ndarray:
     import cv2
 
-    channels = channel_order(channels)
     image = np.asarray(array)
     if image.size == 0:
         raise ImageError(f"{name}: empty array (shape {list(image.shape)})")
@@ -130,6 +128,7 @@ def load_image(image: Any, channels: Channels = "BGR", max_pixels: int = MAX_PIX
     `image`: a file path (str or Path), encoded bytes, a `data:image/...;base64,` URL, a NumPy
     array (HxW gray, or HxWx3 / HxWx4 colour in `channels` order: "BGR" as OpenCV reads,
     "RGB" as PIL, imageio and matplotlib do) or a PIL image (its own mode is used)."""
+    channels = channel_order(channels)  # checked for every input, used for arrays
     if isinstance(image, str) and image.startswith("data:"):
         try:
             return decode_bytes(base64.b64decode(image.split(",", 1)[1], validate=True), "data URL",

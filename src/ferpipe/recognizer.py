@@ -15,7 +15,7 @@ import numpy as np
 
 from ferpipe.detect import LANDMARKS, MIN_FACE_PX, Detection, find_faces, resolve
 from ferpipe.errors import FerpipeError, ModelError
-from ferpipe.imageio import MAX_PIXELS, Channels, ImageError, channel_order, load_image, to_gray
+from ferpipe.imageio import MAX_PIXELS, Channels, ImageError, load_image, to_gray
 from ferpipe.inference import Classifier, crop_face, load_classifier
 
 Box = tuple[int, int, int, int]
@@ -112,7 +112,7 @@ class EmotionRecognizer:
     def read(self, image: Any, channels: Channels = "BGR") -> np.ndarray:
         """The picture as BGR uint8 [H, W, 3], as every method reads it; a picture too small
         to hold a face of `min_face` pixels is an ImageError."""
-        picture = load_image(image, channel_order(channels), self.max_pixels)
+        picture = load_image(image, channels, self.max_pixels)
         height, width = picture.shape[:2]
         if self.detect and min(height, width) < self.min_face:
             raise ImageError(f"{self._name(image)}: {width}x{height} pixels is too small to hold a "

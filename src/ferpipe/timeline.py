@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,7 @@ class Timeline:
         """A BGR image: one panel per person (the longest seen first), a line per class."""
         import cv2
 
-        people = sorted({r[2] for r in self.rows}, key=lambda p: -sum(r[2] == p for r in self.rows))
-        people = people[:MAX_PEOPLE_CHARTED]
+        people = [p for p, _ in Counter(r[2] for r in self.rows).most_common(MAX_PEOPLE_CHARTED)]
         end = max((r[0] for r in self.rows), default=1.0) or 1.0
         height = TOP + max(1, len(people)) * (PANEL_H + 20) + 30
         image = np.full((height, WIDTH, 3), 255, np.uint8)

@@ -53,8 +53,8 @@ def summarize(results: dict, rows: dict, sources: Splits, classes: list[str], cf
               train_metrics: Path, out: dict[str, Path]) -> dict:
     """Choose the champion on validation, write every report, log the summary metrics."""
     champion = choose_champion(list(rows.values()), cfg.selection_metric)
-    trained_on = {r["model"]: trained_sources(json.loads((train_metrics / f"{r['model']}.json").read_text()))
-                  for r in results.values()}
+    trained_on = {model: trained_sources(json.loads((train_metrics / f"{model}.json").read_text()))
+                  for model in {r["model"] for r in results.values()}}  # once a model, not a variant
     summary = write_reports(results, list(rows.values()), champion, cfg, classes,
                             {s: splits["test"][1] for s, splits in sources.items()},
                             out["metrics"], out["table"], out["plots"], out["timing"], trained_on)
