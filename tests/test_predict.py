@@ -237,6 +237,28 @@ def test_score_counts_a_labelled_folder_exactly(cli, tmp_path):
     assert lines[0].startswith("9 images") and lines[1].startswith("accuracy ")
 
 
+def test_score_names_each_source_and_their_mean(cli, tmp_path):
+    samples = np.load(RELEASE / "samples.npz")
+    write_labelled(tmp_path / "webcam", {"happy": [0, 1, 2], "sad": [4, 5]}, samples["x"])
+    write_labelled(tmp_path / "b" / "stills", {"neutral": [6, 7], "happy": [3]}, samples["x"])
+    alone = {}
+    for name, folder in (("webcam", tmp_path / "webcam"), ("old", tmp_path / "b" / "stills")):
+        rc, lines, _ = cli("score", folder, "--json")
+        alone[name] = json.loads(lines[0])
+    rc, lines, _ = cli("score", tmp_path / "webcam", f"old={tmp_path / 'b' / 'stills'}", "--json")
+    both = json.loads(lines[0])
+    assert rc == 0 and list(both["sources"]) == ["webcam", "old"]
+    assert both["sources"] == alone  # each source scored on its own, as if alone
+    assert both["mean_macro_f1"] == pytest.approx(np.mean([r["macro_f1"] for r in alone.values()]))
+    rc, lines, _ = cli("score", tmp_path / "webcam", f"old={tmp_path / 'b' / 'stills'}")
+    rows = {line.split()[0]: line.split() for line in lines if line.split()[:1] in (["webcam"], ["old"])}
+    assert rows["webcam"][1:] == ["5", f"{alone['webcam']['accuracy']:.4f}", f"{alone['webcam']['macro_f1']:.4f}"]
+    assert rows["old"][1] == "3" and lines[-1].startswith("mean macro-F1 over 2 sources")
+    rc, _, err = cli("score", tmp_path / "webcam", f"webcam={tmp_path / 'b' / 'stills'}")
+    assert rc == 1 and err == [f"error: webcam={tmp_path / 'b' / 'stills'}: a second source named "
+                               "'webcam' (name them: NAME=DIR)"]
+
+
 def test_score_errors_are_one_line(cli, tmp_path):
     rc, _, err = cli("score", tmp_path / "missing")
     assert rc == 1 and err == [f"error: {tmp_path / 'missing'}: no such folder"]

@@ -1,6 +1,9 @@
-"""`ferpipe score DIR`: how well the model does on a labelled folder of one's own.
+"""`ferpipe score DIR [DIR ...]`: how well the model does on labelled folders of one's own.
 
-The folder (or zip) is `<class>/<image>` or `<split>/<class>/<image>`, read by the reader of
+Each folder is one source of pictures, scored on its own (the model reads well only pictures like
+its training data, so one number over mixed sources hides where it fails); with several, a table
+names each source and the mean of their macro-F1 (the pipeline's champion criterion). A folder
+(or zip) is `<class>/<image>` or `<split>/<class>/<image>`, read by the reader of
 `prepare` (ferpipe.pipeline.images). Images are decoded by the core (OpenCV) and cut by the one
 crop function every command uses: the centred square, resized to the model's input with area
 averaging, or with `--detect` the largest face found in each photo (with --no-whole-image, a
@@ -23,6 +26,7 @@ from ferpipe.metrics import classification_metrics, report_text
 
 EXAMPLE = """example:
   ferpipe score my_faces/              # my_faces/happy/*.jpg, my_faces/sad/*.jpg, ...
+  ferpipe score webcam=shots/ stills=movie_stills.zip --detect   # one row per source
   ferpipe score data/ --split test --json > scores.json
   ferpipe score photos/ --detect --model models:/fer-emotion@champion"""
 
@@ -106,15 +110,43 @@ def score_folder(root: str | Path, recognizer: Any, split: str | None = None,
             "skipped": skipped}
 
 
+def parse_sources(specs: list[str]) -> dict[str, Path]:
+    """{source name: folder} from DIR or NAME=DIR arguments; a DIR's name is its folder's name
+    (a zip's without the suffix)."""
+    sources: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or "/" in name or Path(spec).exists():  # a path, "=" and all
+            name, folder = "", spec
+        path = Path(folder)
+        name = name or (path.stem if path.suffix == ".zip" else path.resolve().name)
+        if name in sources:
+            raise FerpipeError(f"{spec}: a second source named {name!r} (name them: NAME=DIR)")
+        sources[name] = path
+    return sources
+
+
+def sources_table(results: dict[str, dict]) -> tuple[str, float]:
+    """One row per source (images, accuracy, macro-F1) and the mean macro-F1 over them."""
+    width = max(len("source"), *map(len, results))
+    rows = [f"{'source':<{width}}  {'images':>7}  {'accuracy':>8}  {'macro-F1':>8}"]
+    rows += [f"{name:<{width}}  {r['images']:>7}  {r['accuracy']:>8.4f}  {r['macro_f1']:>8.4f}"
+             for name, r in results.items()]
+    mean = float(np.mean([r["macro_f1"] for r in results.values()]))
+    return "\n".join(rows + [f"mean macro-F1 over {len(results)} sources: {mean:.4f}"]), mean
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "score", help="accuracy, macro-F1, per-class P/R/F1 and confusion matrix on a labelled folder",
-        description="Score the model on a labelled folder: DIR/<class>/<image> or "
-                    "DIR/<split>/<class>/<image> (class folder names as the model's classes; others "
+        description="Score the model on labelled folders, each one source scored on its own: "
+                    "DIR/<class>/<image> or DIR/<split>/<class>/<image> (class folder names as the model's classes; others "
                     "are counted and skipped). Images are taken as face crops, decoded as training "
                     "data was, unless --detect.",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", metavar="DIR", help="labelled folder (or a zip in the split layout)")
+    parser.add_argument("folders", metavar="DIR", nargs="+",
+                        help="labelled folder (or a zip in the split layout); several are scored "
+                             "as separate sources, named by their folders or NAME=DIR")
     add_model_args(parser, detect_flag="--detect")
     parser.add_argument("--split", choices=("train", "val", "test"), default=None,
                         help="only this split of a <split>/<class>/ folder (default: all images)")
@@ -126,9 +158,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    sources = parse_sources(args.folders)
     recognizer = recognizer_from(args)
-    result = score_folder(args.folder, recognizer, args.split, args.detect)
-    for bad in result["skipped"]["unreadable"]:
-        print(f"error: {Path(args.folder) / bad['file']}: {bad['error']}", file=sys.stderr)
-    print(json.dumps(result) if args.json else text_report(result))
-    return 1 if result["skipped"]["unreadable"] else 0
+    results = {}
+    for name, folder in sources.items():
+        results[name] = score_folder(folder, recognizer, args.split, args.detect)
+        for bad in results[name]["skipped"]["unreadable"]:
+            print(f"error: {folder / bad['file']}: {bad['error']}", file=sys.stderr)
+    unreadable = any(r["skipped"]["unreadable"] for r in results.values())
+    if len(results) == 1:
+        (result,) = results.values()
+        print(json.dumps(result) if args.json else text_report(result))
+        return 1 if unreadable else 0
+    table, mean = sources_table(results)
+    if args.json:
+        print(json.dumps({"sources": results, "mean_macro_f1": mean}))
+    else:
+        print("\n\n".join([f"== {name}\n{text_report(r)}" for name, r in results.items()] + [table]))
+    return 1 if unreadable else 0
