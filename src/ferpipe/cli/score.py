@@ -126,14 +126,13 @@ def parse_sources(specs: list[str]) -> dict[str, Path]:
     return sources
 
 
-def sources_table(results: dict[str, dict]) -> tuple[str, float]:
-    """One row per source (images, accuracy, macro-F1) and the mean macro-F1 over them."""
+def sources_table(results: dict[str, dict], mean: float) -> str:
+    """One row per source (images, accuracy, macro-F1), then their mean macro-F1."""
     width = max(len("source"), *map(len, results))
     rows = [f"{'source':<{width}}  {'images':>7}  {'accuracy':>8}  {'macro-F1':>8}"]
     rows += [f"{name:<{width}}  {r['images']:>7}  {r['accuracy']:>8.4f}  {r['macro_f1']:>8.4f}"
              for name, r in results.items()]
-    mean = float(np.mean([r["macro_f1"] for r in results.values()]))
-    return "\n".join(rows + [f"mean macro-F1 over {len(results)} sources: {mean:.4f}"]), mean
+    return "\n".join(rows + [f"mean macro-F1 over {len(results)} sources: {mean:.4f}"])
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -165,14 +164,13 @@ def run(args: argparse.Namespace) -> int:
         results[name] = score_folder(folder, recognizer, args.split, args.detect)
         for bad in results[name]["skipped"]["unreadable"]:
             print(f"error: {folder / bad['file']}: {bad['error']}", file=sys.stderr)
-    unreadable = any(r["skipped"]["unreadable"] for r in results.values())
+    mean = float(np.mean([r["macro_f1"] for r in results.values()]))
     if len(results) == 1:
         (result,) = results.values()
         print(json.dumps(result) if args.json else text_report(result))
-        return 1 if unreadable else 0
-    table, mean = sources_table(results)
-    if args.json:
+    elif args.json:
         print(json.dumps({"sources": results, "mean_macro_f1": mean}))
     else:
-        print("\n\n".join([f"== {name}\n{text_report(r)}" for name, r in results.items()] + [table]))
-    return 1 if unreadable else 0
+        print("\n\n".join([f"== {name}\n{text_report(r)}" for name, r in results.items()]
+                          + [sources_table(results, mean)]))
+    return 1 if any(r["skipped"]["unreadable"] for r in results.values()) else 0
