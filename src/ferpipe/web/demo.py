@@ -7,6 +7,7 @@ rendered by the server), so it needs no JavaScript and no files from the network
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at run time,
 # and UploadFile is imported inside create_app.
 import base64
+import functools
 from typing import Any
 
 import numpy as np
@@ -49,15 +50,21 @@ Nothing leaves this machine.</p>
 </body></html>"""
 
 
-def render(**values: Any) -> str:
-    """The page: the form, then the welcome, an error, or the result (`name`, `image`, `faces`)."""
+@functools.cache
+def _template() -> Any:
+    """PAGE compiled once (a new Environment per request would parse it on every page)."""
     import jinja2
 
+    return jinja2.Environment(autoescape=True).from_string(PAGE)
+
+
+def render(**values: Any) -> str:
+    """The page: the form, then the welcome, an error, or the result (`name`, `image`, `faces`)."""
     from ferpipe.draw import COLOURS
 
-    template = jinja2.Environment(autoescape=True).from_string(PAGE)
-    return template.render(style=STYLE, colours=["#{:02x}{:02x}{:02x}".format(*c) for c in COLOURS],
-                           **{"error": "", "name": None, "image": "", "faces": [], "classes": [], **values})
+    return _template().render(style=STYLE, colours=["#{:02x}{:02x}{:02x}".format(*c) for c in COLOURS],
+                              **{"error": "", "name": None, "image": "", "faces": [], "classes": [],
+                                 **values})
 
 
 def annotate(image: np.ndarray, faces: list[Any]) -> np.ndarray:
