@@ -51,6 +51,14 @@ VARIANTS = {
     "all_x2_degrade": {"mix": {"fer2013": {}, "real": {"repeat": 2}}, "degrade": 0.15},
     "all_x2_expw_x2_degrade": {"mix": {"fer2013": {}, "real": {"repeat": 2}, "expw": {"repeat": 2}},
                                "degrade": 0.15},
+    # From the pipeline's base (tuned): a longer, larger ExpW dose, and a higher learning rate.
+    "all_x2_expw_x4_6ep": {"mix": {"fer2013": {}, "real": {"repeat": 2}, "expw": {"repeat": 4}},
+                           "epochs": 6},
+    "all_x2_expw_x2_lr3e-4": {"mix": {"fer2013": {}, "real": {"repeat": 2}, "expw": {"repeat": 2}},
+                              "learning_rate": 3e-4},
+    "all_x2_expw_x2_degrade0.3": {"mix": {"fer2013": {}, "real": {"repeat": 2}, "expw": {"repeat": 2}},
+                                  "degrade": 0.3},
+    "all_x2_degrade0.3": {"mix": {"fer2013": {}, "real": {"repeat": 2}}, "degrade": 0.3},
     "cap800_zoom_5ep": {"mix": {"fer2013": {}, "real": {"per_class_cap": 800}}, "random_zoom": 0.15,
                         "epochs": 5},
 }
