@@ -14,6 +14,7 @@ from ferpipe.pipeline.data import PrepareConfig
 from ferpipe.pipeline.params import (
     CNNSpec,
     EvaluateConfig,
+    FinetuneConfig,
     ReleaseConfig,
     TrainConfig,
     TransferSpec,
@@ -41,6 +42,7 @@ def load(path: Path, text: str):
     if first in entries:
         return load_entry(first, "m", entries[first], path)
     sections = {"train": TrainConfig, "tune": TuneConfig, "evaluate": EvaluateConfig,
+                "finetune": FinetuneConfig,
                 "release": ReleaseConfig, "augment": AugmentConfig, "prepare": PrepareConfig}
     return load_section(first, sections[first], path)
 
@@ -87,6 +89,9 @@ def load(path: Path, text: str):
     ("augment:\n  shear: -0.3\n", "augment.shear", ">= 0"),
     ("augment:\n  preview_images: 0\n", "augment.preview_images", ">= 1"),
     ("evaluate:\n  ece_bins: 1\n", "evaluate.ece_bins", ">= 2"),
+    # A held-out source must leave something to train on, and be one the fine-tune would use.
+    ("finetune:\n  mix: {a: {}, b: {}}\n  held_out: [c]\n", "finetune", "'c' must be one of two"),
+    ("finetune:\n  mix: {a: {}}\n  held_out: [a]\n", "finetune", "'a' must be one of two"),
     ("release:\n  max_megabytes: 0\n", "release.max_megabytes", "> 0"),
     ("prepare:\n  source: ''\n", "prepare", "source must name a zip archive or a folder"),
     ("prepare:\n  source: x.zip\n  classes: [happy, Happy]\n", "prepare", "distinct names"),

@@ -9,7 +9,8 @@ import yaml
 from conftest import run
 
 pytestmark = pytest.mark.slow
-STAGES = {"prepare", "augment", "train_baselines", "transfer", "tune", "finetune", "evaluate", "release"}
+STAGES = {"prepare", "augment", "train_baselines", "transfer", "tune", "finetune", "finetune_without",
+          "evaluate", "release"}
 SOURCES = ("expw", "fer2013", "real")
 
 
@@ -35,11 +36,18 @@ def test_outputs_of_every_stage(tiny_project):
     assert (manifest.groupby(person).split.nunique() == 1).all()
     assert (tiny_project / "plots/augment_preview.png").stat().st_size > 1000
     params = yaml.safe_load((tiny_project / "params.yaml").read_text())
-    models = [*params["baselines"], *params["transfer"], "tuned", "finetuned"]
+    held_out = params["finetune"]["held_out"]
+    assert held_out, "the tiny run keeps a held-out fine-tune, so its stage is exercised"
+    models = [*params["baselines"], *params["transfer"], "tuned", "finetuned",
+              *(f"finetuned_without_{source}" for source in held_out)]
     for name in models:
         assert (tiny_project / f"models/trained/{name}/model.keras").exists()
         assert json.loads((tiny_project / f"metrics/train/{name}.json").read_text())["epochs_run"] >= 1
+    for source in held_out:  # trained on the rest of the mix, scored on the source it never saw
+        drawn = json.loads((tiny_project / f"metrics/train/finetuned_without_{source}.json").read_text())["drawn"]
+        assert set(drawn) == set(params["finetune"]["mix"]) - {source}
     evaluation = json.loads((tiny_project / "metrics/evaluate.json").read_text())
+    assert set(evaluation["unseen"]) >= set(held_out)
     # every model as it is and with each test-time variant (flip averaging)
     assert set(evaluation["models"]) == {f"{m}{v}" for m in models for v in ("", "+flip")}
     assert evaluation["champion"].split("+")[0] == evaluation["champion_model"] in models

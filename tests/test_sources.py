@@ -163,6 +163,17 @@ def test_the_finetune_averages_and_freezes_as_its_params_say(tmp_path):
     assert not model.optimizer.use_ema and model.layers[2].trainable  # the defaults: neither
 
 
+def test_a_held_out_source_leaves_the_mix_and_nothing_else():
+    from ferpipe.pipeline.params import FinetuneConfig
+
+    cfg = FinetuneConfig(mix={"a": SourceMix(), "b": SourceMix(repeat=2)}, epochs=5, held_out=["b"])
+    rest = cfg.without("b")
+    assert list(rest.mix) == ["a"] and rest.held_out == []
+    assert rest.model_dump(exclude={"mix", "held_out"}) == cfg.model_dump(exclude={"mix", "held_out"})
+    with pytest.raises(ValueError, match="'a' is not in params finetune.held_out"):
+        cfg.without("a")
+
+
 def test_the_champion_has_the_best_mean_over_sources():
     from ferpipe.pipeline.evaluate import choose_champion
 

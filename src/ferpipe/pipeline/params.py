@@ -197,6 +197,9 @@ class SourceMix(Params):
     distill: Fraction = 0.0
 
 
+HELD_OUT_PREFIX = "finetuned_without_"  # the model of finetune_without@<source>
+
+
 class FinetuneConfig(Params):
     """Params `finetune`: continue training a trained model on a mix of the prepared sources."""
     base: Annotated[str, NonEmpty] = "tuned"  # a model under models/trained/<base>/
@@ -216,6 +219,24 @@ class FinetuneConfig(Params):
     # used only where the phase runs >= 5 time constants (train.uses_ema).
     ema_momentum: Fraction = 0.0
     seed: Seed = 42
+    # Each source here is also left out of a second fine-tune of the same recipe (stage
+    # finetune_without@<source>): how the recipe holds up on a kind of picture it never saw.
+    held_out: list[str] = []
+
+    @model_validator(mode="after")
+    def _held_out_from_mix(self) -> FinetuneConfig:
+        for source in self.held_out:
+            if source not in self.mix or len(self.mix) < 2:
+                raise ValueError(f"held_out: '{source}' must be one of two or more sources in "
+                                 f"mix ({sorted(self.mix)}), so the rest can be trained on")
+        return self
+
+    def without(self, source: str) -> FinetuneConfig:
+        """The same recipe with `source` left out of the mix: a model that never saw its pictures."""
+        if source not in self.held_out:
+            raise ValueError(f"'{source}' is not in params finetune.held_out ({self.held_out})")
+        return self.model_copy(update={"mix": {k: v for k, v in self.mix.items() if k != source},
+                                       "held_out": []})
 
 
 class EvaluateConfig(Params):

@@ -193,11 +193,13 @@ def champion_params(name: str, models_dir: Path = Path("models/trained")) -> dic
     """The params that made the champion, as the typed sections give them: its model entry, or
     the tuned recipe on top of its baseline's; a fine-tune adds its own section to its base's."""
     from ferpipe.pipeline.config import load_entry, load_section, read_params
-    from ferpipe.pipeline.params import CNNSpec, FinetuneConfig, TrainConfig, TransferSpec
+    from ferpipe.pipeline.params import HELD_OUT_PREFIX, CNNSpec, FinetuneConfig, TrainConfig, TransferSpec
 
     train = {"train": load_section("train", TrainConfig).model_dump()}
-    if name == "finetuned":
+    if name == "finetuned" or name.startswith(HELD_OUT_PREFIX):
         finetune = load_section("finetune", FinetuneConfig)
+        if name != "finetuned":
+            finetune = finetune.without(name.removeprefix(HELD_OUT_PREFIX))
         return {**champion_params(finetune.base, models_dir), "finetune": finetune.model_dump()}
     named = read_params()  # which section has an entry of this name
     for section, cls in (("baselines", CNNSpec), ("transfer", TransferSpec)):
