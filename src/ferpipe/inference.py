@@ -43,15 +43,25 @@ def release_path(name: str = "model.onnx") -> Path:
 
 
 def crop_face(gray: np.ndarray, box: tuple[int, int, int, int], margin: float = MARGIN,
-              image_px: int = IMAGE_PX) -> np.ndarray:
+              image_px: int = IMAGE_PX, eyes: tuple[tuple[float, float], ...] | None = None) -> np.ndarray:
     """A square crop centred on `box` with `margin` x the box's larger side added on each side,
     padded by repeating the border where it leaves the image, resized with INTER_AREA to
-    `image_px` x `image_px` uint8 gray: FER2013's framing for a detector's face box."""
+    `image_px` x `image_px` uint8 gray: FER2013's framing for a detector's face box.
+
+    With `eyes` (the two eye landmarks, as the detector gives them first), the picture is first
+    turned about the box's centre so that the eyes are level."""
     gray = to_gray(gray)
     x, y, w, h = (int(v) for v in box)
     side = max(1, round(max(w, h) * (1 + 2 * margin)))
     x0, y0 = round(x + w / 2 - side / 2), round(y + h / 2 - side / 2)
     height, width = gray.shape
+    if eyes is not None:
+        (ax, ay), (bx, by) = eyes[:2]
+        turn = cv2.getRotationMatrix2D((x + w / 2, y + h / 2), float(np.degrees(np.arctan2(by - ay, bx - ax))), 1.0)
+        turn[:, 2] -= (x0, y0)  # the square's corner to the origin: the output is the square
+        level = cv2.warpAffine(gray, turn, (side, side), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REPLICATE)
+        return cv2.resize(level, (image_px, image_px), interpolation=cv2.INTER_AREA)
     pad = [max(0, -y0), max(0, y0 + side - height), max(0, -x0), max(0, x0 + side - width)]
     crop = gray[max(0, y0):min(height, y0 + side), max(0, x0):min(width, x0 + side)]
     if crop.size == 0:
