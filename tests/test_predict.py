@@ -96,6 +96,26 @@ def test_crop_face_pads_at_the_border_and_keeps_an_exact_crop():
     assert corner.shape == (48, 48) and corner.dtype == np.uint8
 
 
+@pytest.mark.parametrize("degrees", [-35, -10, 20, 40])
+def test_crop_face_with_eyes_turns_them_level_about_the_box_centre(degrees):
+    from ferpipe.inference import crop_face
+
+    picture = np.zeros((200, 200), np.uint8)
+    a = np.radians(degrees)
+    eyes = ((100 - 30 * np.cos(a), 100 - 30 * np.sin(a)), (100 + 30 * np.cos(a), 100 + 30 * np.sin(a)))
+    for x, y in eyes:
+        cv2.circle(picture, (round(x), round(y)), 4, 255, -1)
+    level = crop_face(picture, (50, 50, 100, 100), image_px=100, eyes=eyes)
+    rows, cols = np.nonzero(level > 128)
+    left = cols < 50
+    assert abs(rows[left].mean() - 50) < 1 and abs(rows[~left].mean() - 50) < 1
+    assert abs(cols[left].mean() - 20) < 1 and abs(cols[~left].mean() - 80) < 1
+    # level eyes: the very crop made without them
+    flat = ((70.0, 100.0), (130.0, 100.0))
+    np.testing.assert_array_equal(crop_face(picture, (50, 50, 100, 100), eyes=flat),
+                                  crop_face(picture, (50, 50, 100, 100)))
+
+
 def test_astronaut_is_one_happy_face_in_colour_and_gray(classifier):
     from ferpipe.recognizer import EmotionRecognizer
 
