@@ -87,7 +87,7 @@ def main() -> None:
     out = Path("logs/finetune_levers.jsonl")
     out.parent.mkdir(exist_ok=True)
     for name in names:
-        raw = {**base_cfg.model_dump(exclude={"mix"}),
+        raw = {**base_cfg.model_dump(exclude={"mix", "held_out"}),
                **{k: v for k, v in VARIANTS[name].items() if k != "mix"}}
         cfg = from_dict(FinetuneConfig, {**raw, "mix": {s: from_dict(SourceMix, m, s).model_dump()
                                                         for s, m in VARIANTS[name]["mix"].items()}},
