@@ -38,6 +38,8 @@ def main() -> None:
     manifest = pd.read_csv(f"data/prepared/{SOURCE}/manifest.csv")
     val = manifest[manifest.split == "val"]
     classes = list(params.classes)
+    if sys.argv[1:] == ["--retrain"]:
+        return retrain(manifest, classes, spec.source, params)
     y = val.label.map(classes.index).to_numpy()
     faces = {False: [], True: []}
     with zipfile.ZipFile(spec.source) as archive:
