@@ -125,19 +125,21 @@ def trained_sources(train_metrics: dict) -> set[str]:
 def unseen_scores(rows: list[dict], trained_on: dict[str, set[str]], sources: list[str],
                   metric: str) -> dict[str, dict]:
     """How the models hold up on a kind of picture they were not trained on: for each source,
-    the candidate chosen as the champion is (best mean validation `metric`, over the sources
-    it was trained on) among those not trained on it, and its test scores there."""
+    among the candidates not trained on it, the one the champion criterion picks with that
+    source left out (the mean validation `metric` over every other source, the same sources
+    for every candidate), and its test scores there: the release the pipeline would make had
+    it never seen that kind of picture."""
     out = {}
     sign = 1 if SELECTION[metric] else -1
     key = metric.removeprefix("val_")
     for source in sources:
         pool = [r for r in rows if source not in trained_on[r["model"].split("+")[0]]]
-        if not pool:
+        others = [s for s in sources if s != source]
+        if not pool or not others:
             continue
-        def seen_mean(row: dict) -> float:
-            seen = sorted(trained_on[row["model"].split("+")[0]] & set(sources))
-            return float(np.mean([row[f"{s}_val_{key}"] for s in seen])) if seen else row[metric]
-        best = max(pool, key=lambda r: (sign * seen_mean(r), -r["params"], r.get("tta", "none") == "none"))
+        best = max(pool, key=lambda r, others=others: (
+            sign * float(np.mean([r[f"{s}_val_{key}"] for s in others])), -r["params"],
+            r.get("tta", "none") == "none"))
         out[source] = {"model": best["model"], "test_accuracy": best[f"{source}_test_accuracy"],
                        "test_macro_f1": best[f"{source}_test_macro_f1"]}
     return out
