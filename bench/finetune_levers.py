@@ -59,6 +59,8 @@ VARIANTS = {
     "all_x2_expw_x2_degrade0.3": {"mix": {"fer2013": {}, "real": {"repeat": 2}, "expw": {"repeat": 2}},
                                   "degrade": 0.3},
     "all_x2_degrade0.3": {"mix": {"fer2013": {}, "real": {"repeat": 2}}, "degrade": 0.3},
+    "all_x2_expw_x4_6ep_distill": {"mix": {"fer2013": {"distill": 0.5}, "real": {"repeat": 2},
+                                           "expw": {"repeat": 4}}, "epochs": 6},
     "all_x2_zoom0.15": {"mix": {"fer2013": {}, "real": {"repeat": 2}}, "random_zoom": 0.15},
     "all_x2_expw_x2_ema0.99_5ep": {"mix": {"fer2013": {}, "real": {"repeat": 2}, "expw": {"repeat": 2}},
                                    "ema_momentum": 0.99, "epochs": 5},
