@@ -34,20 +34,18 @@ def main() -> None:
     from ferpipe.pipeline.params import PrepareParams
 
     params = load_section("prepare", PrepareParams)
-    spec = params.sources[SOURCE]
     manifest = pd.read_csv(f"data/prepared/{SOURCE}/manifest.csv")
-    val = manifest[manifest.split == "val"]
     classes = list(params.classes)
-    if sys.argv[1:] == ["--retrain"]:
-        return retrain(manifest, classes, spec.source, params)
+    with zipfile.ZipFile(params.sources[SOURCE].source) as archive:
+        def faces(part: pd.DataFrame, align: bool) -> np.ndarray:
+            return np.stack([detect_and_crop(archive.read(name), params.image_px,
+                                             int(params.max_image_megapixels * 1e6), align)[0]
+                             for name in part.source])
+        if sys.argv[1:] == ["--retrain"]:
+            return retrain(manifest, classes, faces)
+        val = manifest[manifest.split == "val"]
+        x = {align: faces(val, align) for align in (False, True)}
     y = val.label.map(classes.index).to_numpy()
-    faces = {False: [], True: []}
-    with zipfile.ZipFile(spec.source) as archive:
-        for name in val.source:
-            raw = archive.read(name)
-            for align in (False, True):
-                faces[align].append(detect_and_crop(raw, params.image_px, int(params.max_image_megapixels * 1e6), align)[0])
-    x = {align: np.stack(f) for align, f in faces.items()}
     changed = float(np.mean([np.abs(a.astype(int) - b).mean() > 0 for a, b in zip(x[False], x[True])]))
     for name in sys.argv[1:] or ["finetuned", "tuned"]:
         model = load_keras(Path("models/trained") / name / "model.keras")
@@ -59,12 +57,16 @@ def main() -> None:
                 s = split_scores(y, p.argmax(1), classes)
                 row[f"{'aligned' if align else 'plain'}_{tta}"] = {
                     "accuracy": round(s["accuracy"], 4), "macro_f1": round(s["macro_f1"], 4)}
-        print(json.dumps(row), flush=True)
-        with Path("logs/alignment.jsonl").open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        record(row)
 
 
-def retrain(manifest: pd.DataFrame, classes: list[str], source: str, params) -> None:
+def record(row: dict) -> None:
+    print(json.dumps(row), flush=True)
+    with Path("logs/alignment.jsonl").open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+def retrain(manifest: pd.DataFrame, classes: list[str], faces) -> None:
     import tempfile
     import time
 
@@ -73,7 +75,6 @@ def retrain(manifest: pd.DataFrame, classes: list[str], source: str, params) -> 
     from ferpipe.files import write_npz
     from ferpipe.pipeline.config import load_section
     from ferpipe.pipeline.finetune import finetune, per_source_val
-    from ferpipe.pipeline.framing import detect_and_crop
     from ferpipe.pipeline.params import FinetuneConfig, TrainConfig
     from ferpipe.pipeline.tracking import flatten, use_tracking
     from ferpipe.pipeline.train import set_determinism
@@ -83,15 +84,11 @@ def retrain(manifest: pd.DataFrame, classes: list[str], source: str, params) -> 
     for other in Path("data/prepared").iterdir():
         if other.is_dir() and other.name != SOURCE:
             (scratch / other.name).symlink_to(other.resolve())
-    with zipfile.ZipFile(source) as archive:
-        (scratch / SOURCE).mkdir()
-        for split in ("train", "val"):
-            part = manifest[manifest.split == split]
-            x = np.stack([detect_and_crop(archive.read(name), params.image_px,
-                                          int(params.max_image_megapixels * 1e6), True)[0]
-                          for name in part.source])
-            write_npz(scratch / SOURCE / f"{split}.npz", x=x, y=part.label.map(classes.index).to_numpy(),
-                      classes=np.array(classes))
+    (scratch / SOURCE).mkdir()
+    for split in ("train", "val"):
+        part = manifest[manifest.split == split]
+        write_npz(scratch / SOURCE / f"{split}.npz", x=faces(part, True),
+                  y=part.label.map(classes.index).to_numpy(), classes=np.array(classes))
     set_determinism(train_cfg.seed, train_cfg.mixed_precision)
     use_tracking()
     mlflow.set_experiment("finetune-levers")
@@ -103,9 +100,7 @@ def retrain(manifest: pd.DataFrame, classes: list[str], source: str, params) -> 
         mlflow.log_metrics({f"val_{s}_{k}": v for s, part in scores.items() for k, v in part.items()})
     row = {"variant": "aligned_expw (params finetune)", "val": scores, "epochs_run": result["epochs_run"],
            "best_epoch": result["best_epoch"], "minutes": round((time.perf_counter() - start) / 60, 1)}
-    print(json.dumps(row), flush=True)
-    with Path("logs/alignment.jsonl").open("a") as handle:
-        handle.write(json.dumps(row) + "\n")
+    record(row)
 
 
 if __name__ == "__main__":
