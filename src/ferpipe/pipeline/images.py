@@ -17,8 +17,12 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from ferpipe.errors import ImageError
+from ferpipe.imageio import load_image
+from ferpipe.imageio import to_gray as core_gray
+from ferpipe.inference import crop_face
 from ferpipe.pipeline.config import PipelineError
-from ferpipe.pipeline.pixels import png_shortfall, to_gray
+from ferpipe.pipeline.pixels import needs_pil, png_shortfall, to_gray
 from ferpipe.pipeline.unzip import expanded
 
 # Folder names accepted for each split: the study's layout says "validation", others "valid".
@@ -237,11 +241,16 @@ def _iter_entries(source: Path, sizes: dict[str, int], read: Callable[[str], byt
 
 
 def decode(raw: bytes, image_px: int, *, max_pixels: int = ReadLimits.image_pixels) -> np.ndarray:
-    """Any image -> 8-bit grayscale image_px x image_px array (see PrepareConfig for how).
+    """Any image -> 8-bit grayscale image_px x image_px array: the centred square, cut and
+    resized by the core's crop function (INTER_AREA), as `EmotionRecognizer` takes a picture
+    that is one face.
 
-    Raises EntryError (a ValueError; reason too_large or undecodable), never anything else;
-    the image size in the header is checked against max_pixels before decoding. A truncated
-    image is refused, not padded with black (PIL's LOAD_TRUNCATED_IMAGES is off meanwhile)."""
+    The pixels come from the core's decoder (OpenCV: ferpipe.imageio), as a served picture's
+    do; PIL reads the header and checks the whole image first (size against max_pixels before
+    decoding; a truncated image is refused, not padded, with PIL's LOAD_TRUNCATED_IMAGES off
+    meanwhile). Modes OpenCV would get wrong (16-bit, float, transparency) are made gray by
+    PIL (ferpipe.pipeline.pixels). Raises EntryError (a ValueError; reason too_large or
+    undecodable), never anything else."""
     lenient, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
         with warnings.catch_warnings():
@@ -254,14 +263,11 @@ def decode(raw: bytes, image_px: int, *, max_pixels: int = ReadLimits.image_pixe
                     raise EntryError(f"image is {width}x{height} pixels, over prepare."
                                      f"max_image_megapixels={max_pixels / MP:g}", "too_large")
                 _load_whole(image, raw)
-                gray = to_gray(image)
-            if gray.size != (image_px, image_px):
-                side = min(gray.size)
-                left, top = (gray.width - side) // 2, (gray.height - side) // 2
-                gray = gray.crop((left, top, left + side, top + side))
-                resample = Image.Resampling.BOX if side > image_px else Image.Resampling.BICUBIC
-                gray = gray.resize((image_px, image_px), resample)
-            return np.asarray(gray, dtype=np.uint8)
+                gray = (np.asarray(to_gray(image), dtype=np.uint8) if needs_pil(image)
+                        else core_gray(load_image(raw, max_pixels=max_pixels)))
+        height, width = gray.shape
+        side = min(height, width)
+        return crop_face(gray, ((width - side) // 2, (height - side) // 2, side, side), image_px=image_px)
     except EntryError:
         raise
     except Image.DecompressionBombError as err:  # PIL refuses before max_pixels is checked
@@ -270,6 +276,8 @@ def decode(raw: bytes, image_px: int, *, max_pixels: int = ReadLimits.image_pixe
         raise EntryError(f"image is over {over} ({one_line(err)})", "too_large") from None
     except UnidentifiedImageError:  # its message names only a BytesIO object
         raise EntryError("cannot decode image (not a known image format)", "undecodable") from None
+    except ImageError as err:  # the core's decoder: its message starts with "image bytes: "
+        raise EntryError(str(err).split(": ", 1)[-1], "undecodable") from None
     except Exception as err:
         raise EntryError(f"cannot decode image ({type(err).__name__}: {one_line(err)})",
                          "undecodable") from None

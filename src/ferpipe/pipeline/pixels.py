@@ -1,5 +1,5 @@
-"""Decoded images -> 8-bit gray, where PIL's convert("L") gets it wrong (16-bit and float
-pixels, transparency), and whether a PNG's pixel data is complete: PIL pads a PNG whose zlib
+"""Decoded images -> 8-bit gray for the modes the core's OpenCV decode gets wrong and PIL's
+convert("L") too (16-bit and float pixels, transparency), and whether a PNG's pixel data is complete: PIL pads a PNG whose zlib
 stream ends cleanly before the last row with black and says nothing (LOAD_TRUNCATED_IMAGES
 or not), so `png_shortfall` counts what its IDAT chunks expand to against the header's size."""
 from __future__ import annotations
@@ -75,6 +75,12 @@ def _float_to_gray(image: Image.Image) -> Image.Image:
     elif low < 0 or high > 255:
         pixels = (pixels - low) * (255.0 / (high - low))  # high > low: the range is not 0..1
     return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8))
+
+
+def needs_pil(image: Image.Image) -> bool:
+    """Modes whose gray OpenCV's 8-bit colour decode would get wrong: 16-bit and other integer
+    modes (clipped), float (near black) and transparency (dropped, showing what lies under it)."""
+    return image.mode.startswith("I") or image.mode == "F" or _has_alpha(image)
 
 
 def to_gray(image: Image.Image) -> Image.Image:
