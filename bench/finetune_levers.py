@@ -3,8 +3,9 @@ validation split; one MLflow run per variant (experiment `finetune-levers`).
 
     nice uv run python bench/finetune_levers.py [--base MODEL.keras] [VARIANT ...]   # after `dvc repro tune`
 
-Every variant starts from params `finetune.base` and changes only what its entry says; the
-table printed at the end (and logs/finetune_levers.jsonl) is the evidence for params `finetune`.
+Every variant starts from params `finetune.base` and changes only what its entry says (its
+"train" entry overrides params `train` for that run); the table printed at the end (and
+logs/finetune_levers.jsonl) is the evidence for params `finetune`.
 """
 from __future__ import annotations
 
@@ -64,6 +65,10 @@ VARIANTS = {
     "all_x2_zoom0.15": {"mix": {"fer2013": {}, "real": {"repeat": 2}}, "random_zoom": 0.15},
     "all_x2_expw_x2_ema0.99_5ep": {"mix": {"fer2013": {}, "real": {"repeat": 2}, "expw": {"repeat": 2}},
                                    "ema_momentum": 0.99, "epochs": 5},
+    # The adopted recipe with each class weighted by the inverse of its share of the mix.
+    "all_x2_expw_x4_6ep_distill_cw": {"mix": {"fer2013": {"distill": 0.5}, "real": {"repeat": 2},
+                                              "expw": {"repeat": 4}}, "epochs": 6,
+                                      "train": {"class_weights": True}},
     "cap800_zoom_5ep": {"mix": {"fer2013": {}, "real": {"per_class_cap": 800}}, "random_zoom": 0.15,
                         "epochs": 5},
 }
@@ -90,15 +95,17 @@ def main() -> None:
     out.parent.mkdir(exist_ok=True)
     for name in names:
         raw = {**base_cfg.model_dump(exclude={"mix", "held_out"}),
-               **{k: v for k, v in VARIANTS[name].items() if k != "mix"}}
+               **{k: v for k, v in VARIANTS[name].items() if k not in ("mix", "train")}}
         cfg = from_dict(FinetuneConfig, {**raw, "mix": {s: from_dict(SourceMix, m, s).model_dump()
                                                         for s, m in VARIANTS[name]["mix"].items()}},
                         f"variant {name}")
-        set_determinism(train_cfg.seed, train_cfg.mixed_precision)
+        run_train = from_dict(TrainConfig, {**train_cfg.model_dump(), **VARIANTS[name].get("train", {})},
+                              f"variant {name}: train")
+        set_determinism(run_train.seed, run_train.mixed_precision)
         start = time.perf_counter()
         with mlflow.start_run(run_name=name, tags={"bench": "finetune_levers", "base_model": str(base)}):
-            mlflow.log_params(flatten({"finetune": cfg.model_dump()}))
-            model, result, drawn = finetune(cfg, train_cfg, PREPARED, base, name)
+            mlflow.log_params(flatten({"finetune": cfg.model_dump(), "train": VARIANTS[name].get("train", {})}))
+            model, result, drawn = finetune(cfg, run_train, PREPARED, base, name)
             scores = per_source_val(model, PREPARED, sources, 256)
             mlflow.log_metrics({f"val_{s}_{k}": v for s, part in scores.items() for k, v in part.items()})
         row = {"variant": name, "val": scores, "drawn": drawn, "epochs_run": result["epochs_run"],

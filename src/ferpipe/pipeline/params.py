@@ -278,10 +278,11 @@ SplitFraction = Annotated[float, Field(gt=0, lt=0.5)]
 class PrepareShared(Params):
     """The prepare settings every source shares.
 
-    Images are converted to 8-bit grayscale. One that is not image_px x image_px is cut to
-    its centred square (face crops are centred, so this keeps the face and its aspect ratio
-    instead of squashing it), then resized: area-averaged when shrinking, bicubic when
-    enlarging. image_px x image_px images pass unchanged; 16-bit grayscale is scaled to 8 bits.
+    Images are decoded and converted to 8-bit grayscale by the core, as at use. One that is
+    not image_px x image_px is cut to its centred square (face crops are centred, so this keeps
+    the face and its aspect ratio instead of squashing it) and resized by the core's crop
+    function (area averaging). image_px x image_px images pass unchanged; 16-bit grayscale is
+    scaled to 8 bits.
     The max_* limits are checked before an entry is read (its size in the archive) and
     before an image is decoded (the size in its header)."""
     classes: list[str] = ["happy", "neutral", "sad", "surprise"]
