@@ -42,6 +42,14 @@ def release_path(name: str = "model.onnx") -> Path:
     return packaged if packaged.is_file() else CHECKOUT_RELEASE.with_name(name)
 
 
+def centre_square(gray: np.ndarray, share: float = 1.0) -> tuple[int, int, int, int]:
+    """The centred square box (x, y, w, h) whose side is `share` of the picture's shorter side:
+    the whole of a picture taken as one face (1.0), or where a source puts its face (0.5)."""
+    height, width = gray.shape[:2]
+    side = max(1, int(min(height, width) * share))
+    return (width - side) // 2, (height - side) // 2, side, side
+
+
 def crop_face(gray: np.ndarray, box: tuple[int, int, int, int], margin: float = MARGIN,
               image_px: int = IMAGE_PX, eyes: tuple[tuple[float, float], ...] | None = None) -> np.ndarray:
     """A square crop centred on `box` with `margin` x the box's larger side added on each side,

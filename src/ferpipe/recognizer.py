@@ -16,7 +16,7 @@ import numpy as np
 from ferpipe.detect import LANDMARKS, MIN_FACE_PX, Detection, find_faces, resolve
 from ferpipe.errors import FerpipeError, ModelError
 from ferpipe.imageio import MAX_PIXELS, Channels, ImageError, load_image, to_gray
-from ferpipe.inference import Classifier, crop_face, load_classifier
+from ferpipe.inference import Classifier, centre_square, crop_face, load_classifier
 
 Box = tuple[int, int, int, int]
 # With no face found, a near-square picture is taken as a face crop (a photo that is already a
@@ -127,7 +127,7 @@ class EmotionRecognizer:
         """Each face in a gray picture: its detection and how it was found."""
         height, width = gray.shape
         side = min(height, width)
-        whole = Detection(((width - side) // 2, (height - side) // 2, side, side))
+        whole = Detection(centre_square(gray))
         if not self.detect:
             return [Located(whole, "whole_image")]
         found = find_faces(gray, self.detector, self.min_face)

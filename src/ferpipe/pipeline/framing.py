@@ -9,7 +9,7 @@ import numpy as np
 from ferpipe.detect import find_faces
 from ferpipe.errors import ImageError
 from ferpipe.imageio import load_image, to_gray
-from ferpipe.inference import crop_face
+from ferpipe.inference import centre_square, crop_face
 from ferpipe.pipeline.images import EntryError
 
 FRAMINGS = ("center", "detect")
@@ -17,9 +17,7 @@ FRAMINGS = ("center", "detect")
 
 def centre_half(gray: np.ndarray) -> tuple[int, int, int, int]:
     """The middle half of the picture's centred square: where such sources put the labelled face."""
-    height, width = gray.shape
-    side = max(1, min(height, width) // 2)
-    return (width - side) // 2, (height - side) // 2, side, side
+    return centre_square(gray, 0.5)
 
 
 def detect_and_crop(raw: bytes, image_px: int, max_pixels: int, align: bool = False

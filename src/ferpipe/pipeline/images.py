@@ -20,7 +20,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from ferpipe.errors import ImageError
 from ferpipe.imageio import load_image
 from ferpipe.imageio import to_gray as core_gray
-from ferpipe.inference import crop_face
+from ferpipe.inference import centre_square, crop_face
 from ferpipe.pipeline.config import PipelineError
 from ferpipe.pipeline.pixels import needs_pil, png_shortfall, to_gray
 from ferpipe.pipeline.unzip import expanded
@@ -265,9 +265,7 @@ def decode(raw: bytes, image_px: int, *, max_pixels: int = ReadLimits.image_pixe
                 _load_whole(image, raw)
                 gray = (np.asarray(to_gray(image), dtype=np.uint8) if needs_pil(image)
                         else core_gray(load_image(raw, max_pixels=max_pixels)))
-        height, width = gray.shape
-        side = min(height, width)
-        return crop_face(gray, ((width - side) // 2, (height - side) // 2, side, side), image_px=image_px)
+        return crop_face(gray, centre_square(gray), image_px=image_px)
     except EntryError:
         raise
     except Image.DecompressionBombError as err:  # PIL refuses before max_pixels is checked
